@@ -1,0 +1,105 @@
+"""The console script: the composition root that loads config once and builds everything."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from typing import TextIO
+
+from bridge import __version__
+from bridge.bundle import Bundle, load_bundle
+from bridge.errors import ConfigErrors
+
+DEFAULT_CONFIG = "config/bridge.yaml"
+
+
+def _load(path: str, err: TextIO) -> Bundle | None:
+    try:
+        return load_bundle(path)
+    except ConfigErrors as exc:
+        for error in exc.errors:
+            print(f"error: {error}", file=err)
+        print(f"{len(exc.errors)} error(s) in {path}", file=err)
+        return None
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    bundle = _load(args.config, sys.stderr)
+    if bundle is None:
+        return 2
+    config = bundle.config
+    print(f"{args.config}: OK")
+    print(f"  storage   {_safe_url(config.storage.url)}")
+    print(f"  voxys     {config.voxys.base_url} account {config.voxys.account_id}, "
+          f"{config.voxys.rate_limit.requests} req / {config.voxys.rate_limit.per_seconds:g} s")
+    print(f"  admin     {'mounted' if config.admin.token else 'off (no admin.token)'}")
+    print(f"  sources   {len(bundle.sources)}")
+    for key, source in sorted(bundle.sources.items()):
+        print(f"    POST /webhooks/{key:<14} preset {source.preset}")
+        for warning in source.startup_warnings():
+            print(f"      warning: {warning}")
+    print(f"  rules     {len(bundle.rules.rules)}")
+    for rule in bundle.rules.rules:
+        print(f"    {rule.name:<32} {','.join(rule.sources):<20} {rule.file}")
+    print(f"  lookups   {len(bundle.loaded.lookups)}")
+    for name, table in sorted(bundle.loaded.lookups.items()):
+        print(f"    {name:<32} {len(table)} entries")
+    return 0
+
+
+def _safe_url(url: str) -> str:
+    """A storage URL without its password."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.password:
+        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+        return urlunsplit(parts._replace(netloc=netloc))
+    return url
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    bundle = _load(args.config, sys.stderr)
+    if bundle is None:
+        return 2
+    from bridge.serve import serve
+
+    return serve(bundle, config_path=args.config)
+
+
+def cmd_dry_run(args: argparse.Namespace) -> int:
+    from bridge import dryrun
+
+    return dryrun.run(args.config, args.source, args.payload, args.header, args.json, sys.stdout)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="voxys-bridge",
+        description="Verified CRM and billing webhooks in, Voxys lead-status changes out.",
+    )
+    parser.add_argument("--version", action="version", version=f"voxys-bridge {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, help: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=help)
+        p.add_argument("--config", "-c", default=DEFAULT_CONFIG, help="bridge.yaml (default: %(default)s)")
+        return p
+
+    command("serve", "receive webhooks and deliver transitions to Voxys").set_defaults(func=cmd_serve)
+    command("check", "validate the configuration and print a summary").set_defaults(func=cmd_check)
+    p = command("dry-run", "run the rules on a payload file and print what would be sent")
+    p.add_argument("--source", required=True, help="the source key the payload comes from")
+    p.add_argument("payload", help="a payload file, as the provider would POST it")
+    p.add_argument("--header", action="append", default=[], metavar="'K: V'",
+                   help="a request header (repeatable), e.g. --header 'Content-Type: application/json'")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_dry_run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    code: int = args.func(args)
+    return code

@@ -1,0 +1,347 @@
+"""bridge.yaml and rule files: pydantic models, `${ENV}` interpolation, durations, includes.
+
+Everything is validated when loaded; a mistake is a `ConfigErrors` whose messages name
+the file, the rule and the key. Nothing reads `os.environ` after this module returns.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PositiveInt,
+    SecretStr,
+    ValidationError,
+    field_validator,
+)
+
+from bridge.errors import ConfigError, ConfigErrors
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+_ENV = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def parse_duration(value: Any) -> float:
+    """Seconds from a number or a string with a unit: `200ms`, `10s`, `5m`, `24h`, `30d`."""
+    if isinstance(value, bool):
+        raise ValueError("a duration is a number of seconds or a string like '10s'")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str) and (m := _DURATION.match(value)):
+        seconds = float(m.group(1)) * _UNITS[m.group(2)]
+    else:
+        raise ValueError(f"invalid duration {value!r}: use seconds or 200ms, 10s, 5m, 24h, 30d")
+    if seconds < 0:
+        raise ValueError("a duration cannot be negative")
+    return seconds
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+
+
+class Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ServerConfig(Model):
+    host: str = "0.0.0.0"
+    port: Annotated[int, Field(ge=0, le=65535)] = 8080
+    public_url: str = "http://localhost:8080"
+    max_body_bytes: PositiveInt = 1_048_576
+    workers: PositiveInt = 1
+    shutdown_timeout: Duration = 10.0
+
+
+class StorageConfig(Model):
+    url: str = "sqlite:///./data/bridge.db"
+    retention: Duration = 30 * 86400.0
+
+
+class RateLimit(Model):
+    requests: PositiveInt = 10
+    per_seconds: Annotated[float, BeforeValidator(parse_duration), Field(gt=0)] = 1.0
+
+
+class Backoff(Model):
+    initial: Duration = 1.0
+    max: Duration = 600.0
+
+
+class NotFoundRetry(Model):
+    attempts: PositiveInt = 3
+    backoff: Duration = 300.0
+
+
+class RetryConfig(Model):
+    max_attempts: PositiveInt = 15
+    max_age: Duration = 86400.0
+    backoff: Backoff = Backoff()
+    not_found: NotFoundRetry = NotFoundRetry()
+
+
+class VoxysConfig(Model):
+    base_url: str = "https://connect.voxys.ai"
+    api_token: SecretStr
+    account_id: PositiveInt | None = None
+    rate_limit: RateLimit = RateLimit()
+    timeout: Duration = 10.0
+    max_in_flight: PositiveInt = 16
+    retry: RetryConfig = RetryConfig()
+    coalesce: bool = True
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, v: str) -> str:
+        if not v.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return v.rstrip("/")
+
+
+class AdminConfig(Model):
+    token: SecretStr | None = None
+
+    @field_validator("token", mode="before")
+    @classmethod
+    def _empty_is_none(cls, v: Any) -> Any:
+        return None if v in ("", None) else v
+
+
+class LoggingConfig(Model):
+    format: Literal["auto", "json", "console"] = "auto"
+    level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class LookupFile(Model):
+    file: str
+
+
+class RuleConfig(Model):
+    """One rule as written in YAML; `rules.py` compiles it."""
+
+    name: str = Field(min_length=1)
+    source: str | list[str]
+    when: str | list[str] = []
+    account_id: str | int | None = None
+    lead_id: str | int
+    status: str
+    notes: str | None = None
+    continue_: bool = Field(False, alias="continue")
+    description: str | None = None
+
+
+class LocatedRule(BaseModel):
+    """A validated rule and the file it came from."""
+
+    model_config = ConfigDict(frozen=True)
+
+    rule: RuleConfig
+    file: str
+
+
+class Config(Model):
+    server: ServerConfig = ServerConfig()
+    storage: StorageConfig = StorageConfig()
+    voxys: VoxysConfig
+    admin: AdminConfig = AdminConfig()
+    logging: LoggingConfig = LoggingConfig()
+    # `{file: x.csv}` reads a CSV; any other mapping is the table itself.
+    lookups: dict[
+        str, Annotated[LookupFile | dict[str, Any], Field(union_mode="left_to_right")]
+    ] = {}
+    sources: dict[str, dict[str, Any]] = {}
+    rules: list[dict[str, Any]] = []
+
+
+class LoadedConfig(BaseModel):
+    """The validated top-level config plus everything resolved relative to its file."""
+
+    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
+
+    path: str
+    config: Config
+    rules: list[LocatedRule]
+    lookups: dict[str, dict[str, str]]
+    files: list[str]  # every file read, for hot reload
+
+
+def interpolate(value: Any, *, file: str, path: str = "") -> Any:
+    """Replace `${VAR}` / `${VAR:-default}` in every string; `$$` is a literal `$`."""
+    if isinstance(value, str):
+        missing: list[str] = []
+
+        def sub(m: re.Match[str]) -> str:
+            if m.group(0) == "$$":
+                return "$"
+            name, default = m.group(1), m.group(2)
+            if name in os.environ:
+                return os.environ[name]
+            if default is not None:
+                return default
+            missing.append(name)
+            return ""
+
+        out = _ENV.sub(sub, value)
+        if missing:
+            raise ConfigError(
+                f"environment variable {missing[0]} is not set", file=file, key=path or None
+            )
+        return out
+    if isinstance(value, Mapping):
+        return {
+            k: interpolate(v, file=file, path=f"{path}.{k}" if path else str(k))
+            for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [interpolate(v, file=file, path=f"{path}[{i}]") for i, v in enumerate(value)]
+    return value
+
+
+def read_yaml(path: Path) -> Any:
+    """Parse one YAML file, turning every failure into a ConfigError naming it."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read: {exc.strerror}", file=str(path)) from exc
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise ConfigError(f"{problem}{where}", file=str(path)) from exc
+
+
+def _pydantic_errors(
+    exc: ValidationError, *, file: str, prefix: str = "", rule: str | None = None
+) -> list[ConfigError]:
+    out = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"])
+        key = f"{prefix}.{loc}" if prefix and loc else (prefix or loc or None)
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        out.append(ConfigError(msg, file=file, rule=rule, key=key))
+    return out
+
+
+def _collect_rules(
+    entries: list[Any], *, file: str, base: Path, errors: list[ConfigError], files: list[str]
+) -> list[LocatedRule]:
+    rules: list[LocatedRule] = []
+    for i, entry in enumerate(entries):
+        where = f"rules[{i}]"
+        if not isinstance(entry, Mapping):
+            errors.append(ConfigError("a rule must be a mapping", file=file, key=where))
+            continue
+        if "include" in entry:
+            if set(entry) != {"include"}:
+                errors.append(ConfigError("an include takes no other keys", file=file, key=where))
+                continue
+            pattern = str(base / str(entry["include"]))
+            matches = sorted(glob.glob(pattern))
+            if not matches and not glob.has_magic(pattern):
+                errors.append(ConfigError(f"no such file {pattern}", file=file, key=where))
+            for included in matches:
+                rules.extend(_load_rule_file(Path(included), errors=errors, files=files))
+            continue
+        name = entry.get("name") if isinstance(entry.get("name"), str) else None
+        try:
+            rules.append(LocatedRule(rule=RuleConfig.model_validate(dict(entry)), file=file))
+        except ValidationError as exc:
+            errors.extend(_pydantic_errors(exc, file=file, rule=name, prefix="" if name else where))
+    return rules
+
+
+def _load_rule_file(
+    path: Path, *, errors: list[ConfigError], files: list[str]
+) -> list[LocatedRule]:
+    files.append(str(path))
+    try:
+        data = interpolate(read_yaml(path), file=str(path))
+    except ConfigError as exc:
+        errors.append(exc)
+        return []
+    if data is None:
+        return []
+    if not isinstance(data, Mapping) or set(data) - {"rules"}:
+        errors.append(ConfigError("a rule file holds one key, `rules:`", file=str(path)))
+        return []
+    entries = data.get("rules") or []
+    if not isinstance(entries, list):
+        errors.append(ConfigError("must be a list", file=str(path), key="rules"))
+        return []
+    nested = [e for e in entries if isinstance(e, Mapping) and "include" in e]
+    if nested:
+        errors.append(ConfigError("includes cannot be nested", file=str(path), key="rules"))
+        return []
+    return _collect_rules(entries, file=str(path), base=path.parent, errors=errors, files=files)
+
+
+def _load_lookups(
+    lookups: Mapping[str, LookupFile | dict[str, Any]],
+    *,
+    file: str,
+    base: Path,
+    errors: list[ConfigError],
+    files: list[str],
+) -> dict[str, dict[str, str]]:
+    import csv
+
+    tables: dict[str, dict[str, str]] = {}
+    for name, spec in lookups.items():
+        if isinstance(spec, LookupFile):
+            path = base / spec.file
+            files.append(str(path))
+            try:
+                with path.open(newline="", encoding="utf-8") as fh:
+                    reader = csv.DictReader(fh)
+                    if reader.fieldnames is None or not {"key", "value"} <= set(reader.fieldnames):
+                        raise ConfigError(
+                            "a lookup CSV needs a header `key,value`",
+                            file=str(path),
+                            key=f"lookups.{name}",
+                        )
+                    tables[name] = {row["key"]: row["value"] for row in reader}
+            except OSError as exc:
+                errors.append(
+                    ConfigError(
+                        f"cannot read {path}: {exc.strerror}", file=file, key=f"lookups.{name}.file"
+                    )
+                )
+            except ConfigError as exc:
+                errors.append(exc)
+        else:
+            tables[name] = {str(k): "" if v is None else str(v) for k, v in spec.items()}
+    return tables
+
+
+def load_config(path: str | Path) -> LoadedConfig:
+    """Read, interpolate and validate bridge.yaml with its rule includes and lookup files."""
+    path = Path(path)
+    file = str(path)
+    raw = interpolate(read_yaml(path), file=file)
+    if not isinstance(raw, Mapping):
+        raise ConfigError("the top level must be a mapping", file=file)
+    try:
+        config = Config.model_validate(dict(raw))
+    except ValidationError as exc:
+        raise ConfigErrors(_pydantic_errors(exc, file=file)) from exc
+    errors: list[ConfigError] = []
+    files = [file]
+    rules = _collect_rules(config.rules, file=file, base=path.parent, errors=errors, files=files)
+    lookups = _load_lookups(config.lookups, file=file, base=path.parent, errors=errors, files=files)
+    if errors:
+        raise ConfigErrors(errors)
+    return LoadedConfig(path=file, config=config, rules=rules, lookups=lookups, files=files)

@@ -1,0 +1,79 @@
+"""One error tree. Errors carry the data a boundary needs to answer or log them."""
+
+from __future__ import annotations
+
+
+class BridgeError(Exception):
+    """Base of every error the bridge raises on purpose."""
+
+
+class ConfigError(BridgeError):
+    """A configuration mistake, naming the file, the rule and the key where known."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        file: str | None = None,
+        rule: str | None = None,
+        key: str | None = None,
+    ) -> None:
+        self.message = message
+        self.file = file
+        self.rule = rule
+        self.key = key
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        where = []
+        if self.file:
+            where.append(self.file)
+        if self.rule:
+            where.append(f"rule {self.rule!r}")
+        if self.key:
+            where.append(f"key {self.key!r}")
+        return f"{': '.join(where)}: {self.message}" if where else self.message
+
+
+class ConfigErrors(BridgeError):
+    """Several configuration mistakes found in one pass, reported together."""
+
+    def __init__(self, errors: list[ConfigError]) -> None:
+        self.errors = errors
+        super().__init__("\n".join(str(e) for e in errors))
+
+
+class RequestRejected(BridgeError):
+    """A webhook request answered with a 4xx; `reason` is short and safe to log."""
+
+    status = 400
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(reason)
+
+
+class BadRequest(RequestRejected):
+    status = 400
+
+
+class Unauthorized(RequestRejected):
+    """The request failed verification (signature, timestamp, credentials)."""
+
+    status = 401
+
+
+class NotFound(RequestRejected):
+    status = 404
+
+
+class PayloadTooLarge(RequestRejected):
+    status = 413
+
+
+class UnsupportedMediaType(RequestRejected):
+    status = 415
+
+
+class StorageError(BridgeError):
+    """The store could not durably write or read; webhooks are answered 503."""

@@ -1,0 +1,132 @@
+"""The interface every provider family implements: verify a raw request, split it into events.
+
+Everything here is pure: bytes, dicts and a clock value in, events or errors out.
+The aiohttp edge (`bridge/ingest.py`) builds a `WebhookRequest` and calls, in order,
+`verify`, then `parse`, then `acknowledge` once the events are stored.
+"""
+
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+from urllib.parse import parse_qs
+
+from pydantic import BaseModel, ConfigDict
+
+from bridge.errors import BadRequest, RequestRejected, UnsupportedMediaType
+from bridge.models import Event
+
+# Headers that carry credentials: verified, never stored with an event nor logged.
+SENSITIVE_HEADER_PARTS = ("authorization", "cookie", "signature", "token", "secret", "api-key")
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookRequest:
+    """A received webhook request, as raw as verification needs it.
+
+    `headers` has lower-cased names. `path` is the path as received (e.g.
+    `/webhooks/hubspot`), `query_string` the raw query without `?`.
+    """
+
+    method: str
+    path: str
+    query_string: str
+    headers: Mapping[str, str]
+    body: bytes
+    content_type: str = ""  # media type only, lower-cased, e.g. "application/json"
+
+    def header(self, name: str) -> str | None:
+        return self.headers.get(name.lower())
+
+    def safe_headers(self) -> dict[str, str]:
+        """Headers without credentials or signatures: what may be stored and shown to rules."""
+        return {
+            k: v
+            for k, v in self.headers.items()
+            if not any(part in k for part in SENSITIVE_HEADER_PARTS)
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """What the webhook handler answers after the events are stored."""
+
+    status: int = 200
+    body: bytes = b""
+    content_type: str = "application/json"
+
+
+@dataclass(frozen=True, slots=True)
+class IngestSummary:
+    """What one request added to the store, for the answer and the log line."""
+
+    events: int
+    duplicates: int
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class SourceSettings(BaseModel):
+    """Base of each source module's own configuration model."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    preset: str | None = None
+
+
+class Source(ABC):
+    """One configured source: `POST /webhooks/<key>` is verified and parsed by it."""
+
+    #: The `preset:` name that selects this class in bridge.yaml.
+    preset: ClassVar[str]
+    #: The pydantic model that validates this source's YAML mapping.
+    settings_model: ClassVar[type[SourceSettings]]
+
+    def __init__(self, key: str, settings: SourceSettings, *, public_url: str) -> None:
+        self.key = key
+        self.settings = settings
+        self.public_url = public_url.rstrip("/")
+
+    def startup_warnings(self) -> list[str]:
+        """Messages logged once at start (e.g. an unsigned source)."""
+        return []
+
+    @abstractmethod
+    def verify(self, request: WebhookRequest, now: float) -> None:
+        """Raise `Unauthorized` unless the request is authentic and fresh at `now`."""
+
+    @abstractmethod
+    def parse(self, request: WebhookRequest, received_at: float) -> list[Event]:
+        """Split a verified request into events; `BadRequest`/`UnsupportedMediaType` if malformed."""
+
+    def reject(self, error: RequestRejected) -> Answer:
+        """The 4xx answer to a request this source refused (a JSON error by default)."""
+        body = {"ok": False, "error": error.reason}
+        return Answer(status=error.status, body=json.dumps(body).encode())
+
+    def acknowledge(self, summary: IngestSummary) -> Answer:
+        """The 2xx answer sent once the request's events are committed."""
+        body = {"ok": True, "events": summary.events, "duplicates": summary.duplicates}
+        return Answer(body=json.dumps(body).encode())
+
+
+def decode_body(request: WebhookRequest) -> Any:
+    """Parse a JSON or form-encoded body; 400 when empty or malformed, 415 otherwise."""
+    if not request.body.strip():
+        raise BadRequest("empty body")
+    ctype = request.content_type
+    if ctype in ("", "application/json") or ctype.endswith("+json"):
+        try:
+            return json.loads(request.body)
+        except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+            raise BadRequest("malformed JSON") from exc
+    if ctype == "application/x-www-form-urlencoded":
+        try:
+            text = request.body.decode("utf-8")
+            form = parse_qs(text, keep_blank_values=True, strict_parsing=True)
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise BadRequest("malformed form body") from exc
+        return {k: v[0] if len(v) == 1 else v for k, v in form.items()}
+    raise UnsupportedMediaType(f"unsupported content type {ctype!r}")

@@ -1,0 +1,232 @@
+"""The Store protocol: everything the bridge keeps, behind one small async interface.
+
+Backends (`sqlite.py` now, `postgres.py` later) implement exactly this; nothing
+backend-specific leaks out of `bridge/store/`. All times are POSIX seconds (UTC),
+passed in by the caller so that tests control the clock.
+
+Transition states:
+    pending     waiting for `next_attempt_at`
+    in_flight   claimed by the delivery worker; back to pending by `recover_claims`
+    delivered   Voxys answered 2xx
+    dead        gave up; visible in dead letters with `reason`/`http_status`
+    superseded  a newer transition for the same lead was sent instead (coalescing)
+    stale       older than the last transition delivered for its lead; never sent
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, Protocol
+
+from bridge.models import Evaluation, Event, LeadStatus, Outcome
+
+
+class TransitionState(StrEnum):
+    PENDING = "pending"
+    IN_FLIGHT = "in_flight"
+    DELIVERED = "delivered"
+    DEAD = "dead"
+    SUPERSEDED = "superseded"
+    STALE = "stale"
+
+
+@dataclass(frozen=True, slots=True)
+class IngestResult:
+    """What one `ingest` call committed."""
+
+    stored: int  # new events
+    duplicates: int  # events whose (source, event_id) was already stored
+    transitions: int  # new transitions queued for delivery
+
+
+@dataclass(frozen=True, slots=True)
+class QueuedTransition:
+    """A transition as the delivery worker sees it."""
+
+    id: int
+    source: str
+    event_id: str
+    rule: str
+    account_id: int
+    lead_id: int
+    status: LeadStatus
+    notes: str | None
+    occurred_at: float
+    created_at: float
+    attempts: int  # attempts that counted against retry.max_attempts
+    not_found_attempts: int  # attempts answered 404
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """The result of one `claim_due`: what to send now, and what was settled without sending."""
+
+    claimed: list[QueuedTransition]
+    superseded: list[QueuedTransition]  # coalesced away by a newer pending transition
+    stale: list[QueuedTransition]  # older than the lead's last delivered transition
+    next_due_at: float | None  # earliest future next_attempt_at of anything pending
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerEntry:
+    """One transition of a lead with its event, rule, outcome, attempts and times."""
+
+    id: int
+    source: str
+    event_id: str
+    rule: str
+    account_id: int
+    lead_id: int
+    status: LeadStatus
+    notes: str | None
+    state: TransitionState
+    occurred_at: float
+    created_at: float
+    attempts: int
+    first_attempt_at: float | None
+    last_attempt_at: float | None
+    next_attempt_at: float | None
+    http_status: int | None
+    reason: str | None
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "source": self.source,
+            "event_id": self.event_id,
+            "rule": self.rule,
+            "account_id": self.account_id,
+            "lead_id": self.lead_id,
+            "status": str(self.status),
+            "notes": self.notes,
+            "state": str(self.state),
+            "occurred_at": self.occurred_at,
+            "created_at": self.created_at,
+            "attempts": self.attempts,
+            "first_attempt_at": self.first_attempt_at,
+            "last_attempt_at": self.last_attempt_at,
+            "next_attempt_at": self.next_attempt_at,
+            "http_status": self.http_status,
+            "reason": self.reason,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEvent:
+    """An event as stored, with the outcome the rules gave it."""
+
+    pk: int
+    event: Event
+    outcome: Outcome
+    rule: str | None
+    reason: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Stats:
+    """Counts for /admin/stats, `voxys-bridge stats` and metrics."""
+
+    transitions: dict[str, int]  # per TransitionState value, every state present (0 if none)
+    events: dict[str, int]  # per Outcome value, every outcome present
+    retrying: int  # pending transitions with at least one attempt
+    oldest_pending_age_s: float | None  # now - created_at of the oldest pending/in_flight
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Store(Protocol):
+    """Durable storage of events and of the transitions they cause."""
+
+    async def open(self) -> None:
+        """Connect and apply versioned migrations."""
+
+    async def close(self) -> None:
+        """Finish pending writes and release every resource."""
+
+    async def ping(self) -> None:
+        """Raise `StorageError` unless the store is reachable and writable (readiness)."""
+
+    # --- ingest -------------------------------------------------------------------
+
+    async def ingest(self, items: Sequence[tuple[Event, Evaluation]], now: float) -> IngestResult:
+        """Store events with their outcomes and queue their transitions, atomically.
+
+        Durable (committed) when it returns. An event whose (source, event_id) is
+        already stored is a duplicate: counted, not stored again, its transitions not
+        queued. Concurrent calls are group-committed (one transaction, one fsync).
+        New transitions are pending with next_attempt_at = now. Raises `StorageError`.
+        """
+
+    # --- delivery -----------------------------------------------------------------
+
+    async def recover_claims(self) -> int:
+        """Put every in_flight transition back to pending (claims of a dead worker)."""
+
+    async def claim_due(self, now: float, limit: int, *, coalesce: bool) -> Claim:
+        """Claim up to `limit` transitions due at `now`, at most one per (account, lead).
+
+        A lead with an in_flight transition is skipped. Per lead, pending transitions
+        are ordered by (occurred_at, id). Without coalescing the lead's first one is
+        its head; the lead is due when its head is due. With coalescing the newest
+        one is the head and, when it is due, the older pending ones become
+        `superseded`. A head older than the lead's last delivered transition
+        (occurred_at strictly smaller) becomes `stale` and the next one is considered.
+        Claimed transitions become in_flight.
+        """
+
+    async def mark_delivered(self, transition_id: int, now: float, http_status: int) -> None:
+        """Record a 2xx; the lead's last delivered occurred_at advances (never goes back)."""
+
+    async def schedule_retry(
+        self,
+        transition_id: int,
+        now: float,
+        next_attempt_at: float,
+        *,
+        counts: bool,
+        not_found: bool = False,
+        http_status: int | None = None,
+        reason: str | None = None,
+    ) -> None:
+        """Back to pending at `next_attempt_at`. `counts`: the attempt used up one of
+        retry.max_attempts (a 429 does not). `not_found`: the attempt was answered 404.
+        """
+
+    async def release(self, transition_id: int, next_attempt_at: float) -> None:
+        """Back to pending without recording an attempt (auth pause, shutdown)."""
+
+    async def mark_dead(
+        self, transition_id: int, now: float, *, reason: str, http_status: int | None
+    ) -> None:
+        """Give up on a transition; it appears in dead letters."""
+
+    # --- operating ----------------------------------------------------------------
+
+    async def dead_letters(self, limit: int = 1000) -> list[LedgerEntry]:
+        """Dead transitions, newest first."""
+
+    async def retry_dead(self, ids: Sequence[int] | None, now: float) -> int:
+        """Re-queue dead transitions (all when `ids` is None) with fresh attempts."""
+
+    async def ledger(self, account_id: int, lead_id: int) -> list[LedgerEntry]:
+        """Every transition of one lead, newest first."""
+
+    async def events_for_replay(
+        self,
+        *,
+        ids: Sequence[int] | None = None,
+        outcome: Outcome | None = None,
+        since: float | None = None,
+        limit: int = 10_000,
+    ) -> list[StoredEvent]:
+        """Stored events chosen by primary key, or by outcome and received_at >= since."""
+
+    async def apply_replay(self, pk: int, evaluation: Evaluation, now: float) -> int:
+        """Store a new outcome for an event and queue its new transitions; returns how many."""
+
+    async def stats(self, now: float) -> Stats:
+        """Counts per state and outcome, retrying count, oldest pending age."""
+
+    async def purge(self, older_than: float) -> int:
+        """Delete events received before `older_than` whose transitions are all settled."""
