@@ -9,6 +9,7 @@ from aiohttp import web
 
 from bridge.errors import StorageError
 from bridge.ingest import RUNTIME, Runtime, handle_webhook
+from bridge.metrics import METRICS, handle_metrics
 
 log = structlog.get_logger("bridge.app")
 
@@ -34,6 +35,7 @@ def create_app(runtime: Runtime, *, hooks: Sequence[Hook] = ()) -> web.Applicati
     """The bridge's web application. `hooks` are cleanup contexts run after the store opens."""
     app = web.Application(client_max_size=runtime.bundle.config.server.max_body_bytes)
     app[RUNTIME] = runtime
+    app[METRICS] = runtime.metrics
 
     async def store_ctx(app: web.Application) -> AsyncIterator[None]:
         await runtime.store.open()
@@ -47,4 +49,5 @@ def create_app(runtime: Runtime, *, hooks: Sequence[Hook] = ()) -> web.Applicati
     app.router.add_post("/webhooks/{source}", handle_webhook)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", handle_metrics)
     return app

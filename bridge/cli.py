@@ -31,8 +31,10 @@ def cmd_check(args: argparse.Namespace) -> int:
     config = bundle.config
     print(f"{args.config}: OK")
     print(f"  storage   {_safe_url(config.storage.url)}")
-    print(f"  voxys     {config.voxys.base_url} account {config.voxys.account_id}, "
-          f"{config.voxys.rate_limit.requests} req / {config.voxys.rate_limit.per_seconds:g} s")
+    print(
+        f"  voxys     {config.voxys.base_url} account {config.voxys.account_id}, "
+        f"{config.voxys.rate_limit.requests} req / {config.voxys.rate_limit.per_seconds:g} s"
+    )
     print(f"  admin     {'mounted' if config.admin.token else 'off (no admin.token)'}")
     print(f"  sources   {len(bundle.sources)}")
     for key, source in sorted(bundle.sources.items()):
@@ -84,16 +86,25 @@ def build_parser() -> argparse.ArgumentParser:
 
     def command(name: str, help: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help, description=help)
-        p.add_argument("--config", "-c", default=DEFAULT_CONFIG, help="bridge.yaml (default: %(default)s)")
+        p.add_argument(
+            "--config", "-c", default=DEFAULT_CONFIG, help="bridge.yaml (default: %(default)s)"
+        )
         return p
 
-    command("serve", "receive webhooks and deliver transitions to Voxys").set_defaults(func=cmd_serve)
+    command("serve", "receive webhooks and deliver transitions to Voxys").set_defaults(
+        func=cmd_serve
+    )
     command("check", "validate the configuration and print a summary").set_defaults(func=cmd_check)
     p = command("dry-run", "run the rules on a payload file and print what would be sent")
     p.add_argument("--source", required=True, help="the source key the payload comes from")
     p.add_argument("payload", help="a payload file, as the provider would POST it")
-    p.add_argument("--header", action="append", default=[], metavar="'K: V'",
-                   help="a request header (repeatable), e.g. --header 'Content-Type: application/json'")
+    p.add_argument(
+        "--header",
+        action="append",
+        default=[],
+        metavar="'K: V'",
+        help="a request header (repeatable), e.g. 'Content-Type: text/xml'",
+    )
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_dry_run)
     return parser

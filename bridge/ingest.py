@@ -14,8 +14,9 @@ import structlog
 from aiohttp import web
 
 from bridge.bundle import Bundle
-from bridge.models import Outcome
 from bridge.errors import NotFound, PayloadTooLarge, RequestRejected, StorageError
+from bridge.metrics import Metrics
+from bridge.models import Outcome
 from bridge.sources.base import Answer, IngestSummary, Source, WebhookRequest
 from bridge.store.base import Store
 
@@ -29,8 +30,8 @@ class Runtime:
     bundle: Bundle
     store: Store
     clock: Callable[[], float] = time.time
+    metrics: Metrics = field(default_factory=Metrics)
     on_stored: list[Callable[[int], None]] = field(default_factory=list)  # wakes delivery
-    on_request: list[Callable[[str, str, int], None]] = field(default_factory=list)  # metrics
 
 
 RUNTIME = web.AppKey("runtime", Runtime)
@@ -76,7 +77,7 @@ async def handle_webhook(request: web.Request) -> web.StreamResponse:
             method=request.method,
             path=request.rel_url.raw_path,
             query_string=request.rel_url.raw_query_string,
-            headers={k.lower(): v for k, v in reversed(request.headers.items())},
+            headers={k.lower(): v for k, v in reversed(list(request.headers.items()))},
             body=body,
             content_type=request.content_type.lower() if body else "",
         )
@@ -92,8 +93,9 @@ async def handle_webhook(request: web.Request) -> web.StreamResponse:
         _notify(runtime, key, exc.reason, exc.status)
         return _reject(source, exc)
     except StorageError as exc:
-        log.error("webhook.rejected", source=key, reason="storage unavailable", status=503,
-                  error=str(exc))
+        log.error(
+            "webhook.rejected", source=key, reason="storage unavailable", status=503, error=str(exc)
+        )
         _notify(runtime, key, "storage unavailable", 503)
         return web.json_response(
             {"ok": False, "error": "storage unavailable, retry later"},
@@ -102,6 +104,7 @@ async def handle_webhook(request: web.Request) -> web.StreamResponse:
         )
     assert source is not None
     for event, evaluation in items:
+        runtime.metrics.evaluated(key, evaluation)
         if evaluation.outcome is Outcome.IGNORED:
             log.info("event.ignored", source=key, event_id=event.event_id)
         for problem in evaluation.unmapped:
@@ -124,9 +127,10 @@ async def handle_webhook(request: web.Request) -> web.StreamResponse:
         duration_ms=round((time.perf_counter() - started) * 1000, 2),
     )
     _notify(runtime, key, "ok", 200)
-    return _respond(source.acknowledge(IngestSummary(events=result.stored, duplicates=result.duplicates)))
+    return _respond(
+        source.acknowledge(IngestSummary(events=result.stored, duplicates=result.duplicates))
+    )
 
 
 def _notify(runtime: Runtime, source: str, reason: str, status: int) -> None:
-    for callback in runtime.on_request:
-        callback(source, reason, status)
+    runtime.metrics.request(source, reason, status)

@@ -9,7 +9,12 @@ from typing import Any, TextIO
 
 import structlog
 
-_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
+_LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+}
 
 
 class Redactor:
@@ -40,7 +45,9 @@ class Redactor:
             return [self.scrub(v) for v in value]
         return value
 
-    def __call__(self, _: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    def __call__(
+        self, _: Any, __: str, event_dict: MutableMapping[str, Any]
+    ) -> MutableMapping[str, Any]:
         if not self.secrets:
             return event_dict
         for key, value in event_dict.items():
@@ -52,7 +59,11 @@ REDACTOR = Redactor()
 
 
 def configure(
-    *, level: str = "info", fmt: str = "auto", secrets: Iterable[str] = (), stream: TextIO | None = None
+    *,
+    level: str = "info",
+    fmt: str = "auto",
+    secrets: Iterable[str] = (),
+    stream: TextIO | None = None,
 ) -> None:
     """Configure structlog once for the process (called again on reload to update secrets)."""
     out = stream or sys.stdout

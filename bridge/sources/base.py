@@ -99,7 +99,7 @@ class Source(ABC):
 
     @abstractmethod
     def parse(self, request: WebhookRequest, received_at: float) -> list[Event]:
-        """Split a verified request into events; `BadRequest`/`UnsupportedMediaType` if malformed."""
+        """Split a verified request into events; raise `BadRequest` when it is malformed."""
 
     def reject(self, error: RequestRejected) -> Answer:
         """The 4xx answer to a request this source refused (a JSON error by default)."""
