@@ -25,8 +25,16 @@ def write(tmp_path: Path, text: str, name: str = "bridge.yaml") -> Path:
 
 @pytest.mark.parametrize(
     ("text", "seconds"),
-    [(5, 5.0), (1.5, 1.5), ("200ms", 0.2), ("10s", 10.0), ("5m", 300.0), ("24h", 86400.0),
-     ("30d", 2_592_000.0), ("7", 7.0)],
+    [
+        (5, 5.0),
+        (1.5, 1.5),
+        ("200ms", 0.2),
+        ("10s", 10.0),
+        ("5m", 300.0),
+        ("24h", 86400.0),
+        ("30d", 2_592_000.0),
+        ("7", 7.0),
+    ],
 )
 def test_durations_accept_seconds_or_a_unit(text: object, seconds: float) -> None:
     assert parse_duration(text) == pytest.approx(seconds)
@@ -62,13 +70,17 @@ def test_a_missing_environment_variable_names_itself_the_file_and_the_key(
     assert "voxys.api_token" in message
 
 
-def test_a_double_dollar_is_a_literal_dollar(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_double_dollar_is_a_literal_dollar(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("TEST_VOXYS_TOKEN", "x")
     path = write(tmp_path, MINIMAL + "server: {public_url: 'https://h/$${NOT_A_VAR}'}\n")
     assert load_config(path).config.server.public_url == "https://h/${NOT_A_VAR}"
 
 
-def test_unknown_keys_are_refused_with_their_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_unknown_keys_are_refused_with_their_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("TEST_VOXYS_TOKEN", "x")
     path = write(tmp_path, MINIMAL + "  rate_limt: {requests: 5}\n")
     with pytest.raises(ConfigErrors) as info:
@@ -125,7 +137,9 @@ def test_includes_are_read_in_sorted_glob_order_after_inline_rules(
     rule = "  - {{name: {n}, source: s, lead_id: 1, status: won}}\n"
     write(tmp_path, "rules:\n" + rule.format(n="b1") + rule.format(n="b2"), "rules/b.yaml")
     write(tmp_path, "rules:\n" + rule.format(n="a1"), "rules/a.yaml")
-    path = write(tmp_path, MINIMAL + "rules:\n" + rule.format(n="inline") + "  - include: rules/*.yaml\n")
+    path = write(
+        tmp_path, MINIMAL + "rules:\n" + rule.format(n="inline") + "  - include: rules/*.yaml\n"
+    )
     names = [r.rule.name for r in load_config(path).rules]
     assert names == ["inline", "a1", "b1", "b2"]
 
@@ -134,8 +148,11 @@ def test_a_mistake_in_an_included_rule_names_that_file_the_rule_and_the_key(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("TEST_VOXYS_TOKEN", "x")
-    rules = write(tmp_path, "rules:\n  - {name: r1, source: s, lead_id: 1, status: won, colour: red}\n",
-                  "rules/x.yaml")
+    rules = write(
+        tmp_path,
+        "rules:\n  - {name: r1, source: s, lead_id: 1, status: won, colour: red}\n",
+        "rules/x.yaml",
+    )
     path = write(tmp_path, MINIMAL + "rules:\n  - include: rules/*.yaml\n")
     with pytest.raises(ConfigErrors) as info:
         load_config(path)
@@ -149,7 +166,9 @@ def test_invalid_yaml_reports_the_line(tmp_path: Path) -> None:
         load_config(path)
 
 
-def test_a_lookup_csv_without_its_header_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_lookup_csv_without_its_header_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("TEST_VOXYS_TOKEN", "x")
     write(tmp_path, "9001,42\n", "deals.csv")
     path = write(tmp_path, MINIMAL + "lookups: {deals: {file: deals.csv}}\n")
