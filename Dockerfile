@@ -1,0 +1,28 @@
+# syntax=docker/dockerfile:1
+# Build stage: make a wheel of the bridge and its dependencies.
+FROM python:3.11-slim AS build
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY bridge ./bridge
+RUN pip wheel --no-cache-dir --wheel-dir /wheels .
+
+# Runtime stage: only the wheels, a non-root user and the config path layout.
+FROM python:3.11-slim
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    BRIDGE_STORAGE_URL=sqlite:////data/bridge.db
+COPY --from=build /wheels /wheels
+RUN pip install --no-cache-dir /wheels/*.whl \
+    && rm -rf /wheels \
+    && useradd --system --uid 10001 --home-dir /data --shell /usr/sbin/nologin bridge \
+    && mkdir -p /data /etc/voxys-bridge \
+    && chown bridge /data
+COPY config/ /etc/voxys-bridge/
+USER bridge
+WORKDIR /data
+VOLUME ["/data"]
+EXPOSE 8080
+HEALTHCHECK --interval=15s --timeout=3s --start-period=10s --retries=3 \
+    CMD ["voxys-bridge", "healthcheck", "--config", "/etc/voxys-bridge/bridge.yaml"]
+ENTRYPOINT ["voxys-bridge"]
+CMD ["serve", "--config", "/etc/voxys-bridge/bridge.yaml"]
