@@ -76,6 +76,25 @@ def cmd_dry_run(args: argparse.Namespace) -> int:
     return dryrun.run(args.config, args.source, args.payload, args.header, args.json, sys.stdout)
 
 
+def cmd_healthcheck(args: argparse.Namespace) -> int:
+    """Exit 0 when the local server answers /healthz (the container HEALTHCHECK; no curl)."""
+    import urllib.request
+
+    bundle = _load(args.config, sys.stderr)
+    if bundle is None:
+        return 2
+    port = bundle.config.server.port
+    url = args.url or f"http://127.0.0.1:{port}/healthz"
+    try:
+        with urllib.request.urlopen(url, timeout=args.timeout) as resp:  # noqa: S310 (http only)
+            ok = resp.status == 200
+    except OSError as exc:
+        print(f"unhealthy: {url}: {exc}", file=sys.stderr)
+        return 1
+    print("healthy" if ok else f"unhealthy: {url}", file=sys.stdout if ok else sys.stderr)
+    return 0 if ok else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="voxys-bridge",
@@ -107,6 +126,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_dry_run)
+    p = command("healthcheck", "exit 0 when the local server answers /healthz")
+    p.add_argument("--url", help="the health URL (default: 127.0.0.1 on server.port)")
+    p.add_argument("--timeout", type=float, default=3.0, help="seconds (default: %(default)s)")
+    p.set_defaults(func=cmd_healthcheck)
     return parser
 
 

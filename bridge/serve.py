@@ -48,10 +48,10 @@ def build(bundle: Bundle, *, config_path: str) -> tuple[web.Application, Runtime
     """The app and runtime `serve` runs; tests build the same thing."""
     store = open_store(bundle.config.storage.url)
     runtime = Runtime(bundle=bundle, store=store, clock=time.time)
-    hooks: list[Hook] = [retention_hook]
     from bridge.delivery import delivery_hook
+    from bridge.reload import reload_hook
 
-    hooks.append(delivery_hook)
+    hooks: list[Hook] = [retention_hook, reload_hook, delivery_hook]
     return create_app(runtime, hooks=hooks), runtime
 
 
