@@ -1,0 +1,1 @@
+"""Tests of the provider families in bridge/sources/."""
