@@ -1,0 +1,134 @@
+"""Read-only queries of the SQLite store, run in its reader thread.
+
+Its f-strings join constant SQL fragments only; every value is a bound parameter.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Sequence
+from typing import Any
+
+from bridge.models import Event, LeadStatus, Outcome
+from bridge.store.base import LedgerEntry, Stats, StoredEvent, TransitionState
+from bridge.store.sqlite_queue import FROM, IN_IDS, LeadKey
+
+LEDGER = (
+    "t.id, e.source, e.event_id, t.rule, t.account_id, t.lead_id, t.status, t.notes, t.state,"
+    " t.occurred_at, t.created_at, t.attempts, t.first_attempt_at, t.last_attempt_at,"
+    " t.next_attempt_at, t.http_status, t.reason"
+)
+EVENT = "pk, source, event_id, occurred_at, received_at, payload, headers, outcome, rule, reason"
+
+
+def _entry(row: Sequence[Any]) -> LedgerEntry:
+    return LedgerEntry(
+        id=row[0],
+        source=row[1],
+        event_id=row[2],
+        rule=row[3],
+        account_id=row[4],
+        lead_id=row[5],
+        status=LeadStatus(row[6]),
+        notes=row[7],
+        state=TransitionState(row[8]),
+        occurred_at=row[9],
+        created_at=row[10],
+        attempts=row[11],
+        first_attempt_at=row[12],
+        last_attempt_at=row[13],
+        next_attempt_at=row[14],
+        http_status=row[15],
+        reason=row[16],
+    )
+
+
+def _stored(row: Sequence[Any]) -> StoredEvent:
+    event = Event(
+        source=row[1],
+        event_id=row[2],
+        occurred_at=row[3],
+        received_at=row[4],
+        payload=json.loads(row[5]),
+        headers=json.loads(row[6]),
+    )
+    return StoredEvent(pk=row[0], event=event, outcome=Outcome(row[7]), rule=row[8], reason=row[9])
+
+
+def dead_letters(conn: sqlite3.Connection, limit: int) -> list[LedgerEntry]:
+    """Dead transitions, the most recently dead first."""
+    rows = conn.execute(
+        # Without ANALYZE statistics the planner would sort every dead row instead.
+        f"SELECT {LEDGER} FROM transitions t INDEXED BY transitions_dead"  # noqa: S608
+        " JOIN events e ON e.pk = t.event_pk WHERE t.state = 'dead'"
+        " ORDER BY t.settled_at DESC, t.id DESC LIMIT ?",
+        (limit,),
+    ).fetchall()
+    return [_entry(row) for row in rows]
+
+
+def ledger(conn: sqlite3.Connection, key: LeadKey) -> list[LedgerEntry]:
+    """Every transition of one lead, newest first in the order they apply."""
+    rows = conn.execute(
+        f"SELECT {LEDGER} {FROM} WHERE t.account_id = ? AND t.lead_id = ?"
+        " ORDER BY t.occurred_at DESC, t.id DESC",
+        key,
+    ).fetchall()
+    return [_entry(row) for row in rows]
+
+
+def events_by_ids(conn: sqlite3.Connection, ids: Sequence[int], limit: int) -> list[StoredEvent]:
+    """The stored events with these primary keys, in arrival order."""
+    rows = conn.execute(
+        f"SELECT {EVENT} FROM events WHERE pk {IN_IDS} ORDER BY pk LIMIT ?",  # noqa: S608
+        (json.dumps(list(ids)), limit),
+    ).fetchall()
+    return [_stored(row) for row in rows]
+
+
+def events_matching(
+    conn: sqlite3.Connection, outcome: Outcome | None, since: float | None, limit: int
+) -> list[StoredEvent]:
+    """Stored events with this outcome received at or after `since`, oldest first."""
+    where: list[str] = []
+    params: list[Any] = []
+    if outcome is not None:
+        where.append("outcome = ?")
+        params.append(str(outcome))
+    if since is not None:
+        where.append("received_at >= ?")
+        params.append(since)
+    clause = f"WHERE {' AND '.join(where)}" if where else ""
+    rows = conn.execute(
+        f"SELECT {EVENT} FROM events {clause} ORDER BY received_at, pk LIMIT ?",  # noqa: S608
+        (*params, limit),
+    ).fetchall()
+    return [_stored(row) for row in rows]
+
+
+def stats(conn: sqlite3.Connection, now: float) -> Stats:
+    """Counts per state and outcome, from one consistent snapshot."""
+    conn.execute("BEGIN")
+    try:
+        transitions = dict.fromkeys(map(str, TransitionState), 0)
+        transitions.update(
+            conn.execute("SELECT state, count(*) FROM transitions GROUP BY state").fetchall()
+        )
+        events = dict.fromkeys(map(str, Outcome), 0)
+        events.update(conn.execute("SELECT outcome, count(*) FROM events GROUP BY outcome"))
+        (retrying,) = conn.execute(
+            "SELECT count(*) FROM transitions"
+            " WHERE state = 'pending' AND last_attempt_at IS NOT NULL"
+        ).fetchone()
+        (oldest,) = conn.execute(
+            "SELECT min(created_at) FROM transitions WHERE state IN ('pending', 'in_flight')"
+        ).fetchone()
+    finally:
+        conn.execute("COMMIT")
+    return Stats(
+        transitions=transitions,
+        events=events,
+        retrying=retrying,
+        oldest_pending_age_s=None if oldest is None else max(0.0, now - oldest),
+    )
