@@ -1,0 +1,401 @@
+"""The delivery worker: claim per lead, send, and decide retry, pause or dead letter.
+
+`decide` is the pure core: one attempt's verdict plus the transition's history give
+what happens next. `Deliverer` is the I/O around it: it claims due transitions from
+the store (at most one per lead, coalesced and ordered by the store), keeps at most
+`voxys.max_in_flight` requests in flight, wakes at once when ingest stores new work
+and otherwise sleeps exactly until the next retry is due.
+
+Auth pause. A 401/403 means the token is refused: nothing is burnt or dead-lettered.
+The transition goes back to the queue, delivery stops for the token, and one probe
+request is let through every 30 s, backing off to 5 min, until Voxys accepts it again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Final
+
+import structlog
+from aiohttp import web
+
+from bridge.config import RetryConfig
+from bridge.errors import StorageError
+from bridge.ingest import RUNTIME, Runtime
+from bridge.store.base import QueuedTransition
+from bridge.voxys import Reply, Verdict, VoxysClient, classify
+
+log = structlog.get_logger("bridge.delivery")
+
+STORE_RETRY_S: Final = 1.0  # wait after the store failed, before claiming again
+IDLE_POLL_S: Final = 30.0  # safety net: look for due work at least this often
+
+
+class Action(StrEnum):
+    DELIVERED = "delivered"
+    RETRY = "retry"  # back to pending at next_attempt_at
+    DEAD = "dead"
+    PAUSE = "pause"  # token refused: release without an attempt, pause the token
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    action: Action
+    next_attempt_at: float | None = None
+    counts: bool = True  # the attempt uses up one of retry.max_attempts
+    not_found: bool = False
+    reason: str | None = None
+
+
+def backoff(attempt: int, retry: RetryConfig, rng: random.Random) -> float:
+    """Exponential backoff with full jitter: uniform in [initial, min(max, initial * 2^(n-1))]."""
+    initial, ceiling = retry.backoff.initial, retry.backoff.max
+    cap = min(ceiling, initial * 2 ** min(attempt - 1, 60))
+    return rng.uniform(initial, max(initial, cap))
+
+
+def describe(reply: Reply) -> str:
+    """A short reason for logs and dead letters."""
+    if reply.status is None:
+        return reply.error or "no answer"
+    return f"HTTP {reply.status}" + (f": {reply.message}" if reply.message else "")
+
+
+def decide(
+    transition: QueuedTransition,
+    reply: Reply,
+    *,
+    now: float,
+    retry: RetryConfig,
+    rng: random.Random,
+) -> Decision:
+    """What to do after one attempt. Pure: time and randomness come in as arguments."""
+    verdict = classify(reply)
+    if verdict is Verdict.DELIVERED:
+        return Decision(Action.DELIVERED)
+    if verdict is Verdict.REFUSED:
+        return Decision(Action.PAUSE, counts=False, reason=describe(reply))
+    if verdict is Verdict.REJECTED:
+        return Decision(Action.DEAD, reason=describe(reply))
+    attempts = transition.attempts + 1  # counting this one
+    too_old = now - transition.created_at >= retry.max_age
+    if verdict is Verdict.NOT_FOUND:
+        tries = transition.not_found_attempts + 1
+        if tries >= retry.not_found.attempts:
+            return Decision(
+                Action.DEAD, reason=f"lead not found after {tries} attempts ({describe(reply)})"
+            )
+        if too_old:
+            return Decision(
+                Action.DEAD, reason=f"gave up after {retry.max_age:g} s: lead not found"
+            )
+        return Decision(
+            Action.RETRY,
+            next_attempt_at=now + retry.not_found.backoff,
+            not_found=True,
+            reason=describe(reply),
+        )
+    if verdict is Verdict.THROTTLED:
+        if too_old:
+            return Decision(Action.DEAD, reason=f"gave up after {retry.max_age:g} s: throttled")
+        wait = reply.retry_after if reply.retry_after is not None else retry.backoff.initial
+        return Decision(
+            Action.RETRY, next_attempt_at=now + wait, counts=False, reason=describe(reply)
+        )
+    # Verdict.RETRY: 408, 425, 5xx, timeout, connection error.
+    if attempts >= retry.max_attempts:
+        return Decision(Action.DEAD, reason=f"gave up after {attempts} attempts: {describe(reply)}")
+    if too_old:
+        return Decision(Action.DEAD, reason=f"gave up after {retry.max_age:g} s: {describe(reply)}")
+    wait = backoff(attempts, retry, rng)
+    if reply.retry_after is not None:
+        wait = max(wait, reply.retry_after)
+    return Decision(Action.RETRY, next_attempt_at=now + wait, reason=describe(reply))
+
+
+@dataclass
+class AuthPause:
+    """The state of a refused token: when to probe next, and how long after that."""
+
+    probe_initial: float = 30.0
+    probe_max: float = 300.0
+    paused: bool = False
+    next_probe_at: float = 0.0
+    interval: float = 30.0
+    probing: bool = False
+
+    def refuse(self, now: float) -> bool:
+        """Record a refusal; True when this starts a pause (log once per pause)."""
+        started = not self.paused
+        if started:
+            self.interval = self.probe_initial
+        elif self.probing:
+            self.interval = min(self.probe_max, self.interval * 2)
+        else:
+            return False  # a request that was already in flight when the pause began
+        self.paused = True
+        self.probing = False
+        self.next_probe_at = now + self.interval
+        return started
+
+    def recover(self) -> bool:
+        """Record an accepted request; True when this ends a pause."""
+        was = self.paused
+        self.paused = self.probing = False
+        return was
+
+    def may_send(self, now: float) -> int:
+        """How many requests may start now: unlimited (-1), one probe (1) or none (0)."""
+        if not self.paused:
+            return -1
+        if self.probing or now < self.next_probe_at:
+            return 0
+        return 1
+
+
+class Deliverer:
+    """Feeds due transitions to Voxys until stopped."""
+
+    def __init__(
+        self,
+        runtime: Runtime,
+        client: VoxysClient,
+        *,
+        clock: Callable[[], float] = time.time,
+        rng: random.Random | None = None,
+        auth: AuthPause | None = None,
+    ) -> None:
+        self.runtime = runtime
+        self.client = client
+        self.clock = clock
+        self.rng = rng or random.Random()
+        self.auth = auth or AuthPause()
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def wake(self, _count: int = 0) -> None:
+        self._wake.set()
+
+    @property
+    def config(self) -> RetryConfig:
+        return self.runtime.bundle.config.voxys.retry
+
+    def paused_tokens(self) -> int:
+        return 1 if self.auth.paused else 0
+
+    async def run(self) -> None:
+        """Recover a dead worker's claims, then claim and send until `stop`."""
+        store = self.runtime.store
+        while not self._stopping:
+            try:
+                recovered = await store.recover_claims()
+                break
+            except StorageError as exc:
+                log.error("delivery.store_failed", error=str(exc))
+                await self._sleep(STORE_RETRY_S)
+        else:
+            return
+        if recovered:
+            log.info("delivery.recovered", transitions=recovered)
+        self.runtime.metrics.deliverer.set(1)
+        while not self._stopping:
+            await self._step()
+
+    async def _step(self) -> None:
+        voxys = self.runtime.bundle.config.voxys
+        now = self.clock()
+        room = voxys.max_in_flight - len(self._tasks)
+        allowed = self.auth.may_send(now)
+        if allowed == 0:
+            probe_in = self.auth.next_probe_at - now
+            await self._sleep(IDLE_POLL_S if self.auth.probing else max(0.01, probe_in))
+            return
+        if allowed == 1:
+            room = min(room, 1) if not self._tasks else 0
+        if room <= 0:
+            await self._sleep(IDLE_POLL_S)  # a finishing task wakes us
+            return
+        # Claim no more than one rate-limit window's worth: what is claimed waits in flight
+        # for the pacer, and a transition waiting there cannot be coalesced any more.
+        rate = voxys.rate_limit.requests if self.client.pacer.configured else room
+        try:
+            claim = await self.runtime.store.claim_due(
+                now, min(room, max(1, rate)), coalesce=voxys.coalesce
+            )
+        except StorageError as exc:
+            log.error("delivery.store_failed", error=str(exc))
+            await self._sleep(STORE_RETRY_S)
+            return
+        for t in claim.superseded:
+            self.runtime.metrics.settled("superseded")
+            log.info("transition.superseded", **_fields(t))
+        for t in claim.stale:
+            self.runtime.metrics.settled("stale")
+            log.info("transition.stale", **_fields(t))
+        if allowed == 1 and claim.claimed:
+            self.auth.probing = True
+        for t in claim.claimed:
+            task = asyncio.create_task(self._send(t))
+            self._tasks.add(task)
+            task.add_done_callback(self._done)
+        if not claim.claimed:
+            until = IDLE_POLL_S
+            if claim.next_due_at is not None:
+                until = min(until, max(0.0, claim.next_due_at - self.clock()))
+            await self._sleep(until)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self._wake.set()
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            log.error("delivery.task_failed", error=repr(exc), exc_info=exc)
+
+    async def _sleep(self, seconds: float) -> None:
+        """Sleep until woken (new work, a free slot, stop) or `seconds` passed."""
+        if self._wake.is_set():
+            self._wake.clear()
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), timeout=seconds)
+        self._wake.clear()
+
+    async def _send(self, t: QueuedTransition) -> None:
+        metrics = self.runtime.metrics
+        reply = await self.client.set_status(t.account_id, t.lead_id, t.status, t.notes)
+        now = self.clock()
+        metrics.attempt(reply.status, reply.latency_s)
+        decision = decide(t, reply, now=now, retry=self.config, rng=self.rng)
+        attempt = t.attempts + 1
+        fields = _fields(t)
+        try:
+            await self._apply(t, reply, decision, now, attempt, fields)
+        except StorageError as exc:
+            # The claim stays in_flight; recover_claims puts it back at the next start.
+            log.error("delivery.store_failed", error=str(exc), **fields)
+        metrics.paused_tokens.set(self.paused_tokens())
+
+    async def _apply(
+        self,
+        t: QueuedTransition,
+        reply: Reply,
+        decision: Decision,
+        now: float,
+        attempt: int,
+        fields: dict[str, object],
+    ) -> None:
+        store, metrics = self.runtime.store, self.runtime.metrics
+        if decision.action is Action.DELIVERED:
+            await store.mark_delivered(t.id, now, reply.status or 200)
+            metrics.settled("delivered")
+            self.client.pacer.succeeded()
+            if self.auth.recover():
+                log.info("voxys.auth_recovered")
+            log.info(
+                "transition.delivered",
+                attempt=attempt,
+                latency_ms=round(reply.latency_s * 1000, 1),
+                **fields,
+            )
+        elif decision.action is Action.PAUSE:
+            started = self.auth.refuse(now)
+            await store.release(t.id, now)
+            if started:
+                log.error(
+                    "voxys.auth_failed",
+                    http_status=reply.status,
+                    probe_in_s=self.auth.interval,
+                    reason=decision.reason,
+                )
+        elif decision.action is Action.DEAD:
+            await store.mark_dead(t.id, now, reason=decision.reason or "", http_status=reply.status)
+            metrics.settled("dead")
+            log.warning(
+                "transition.dead",
+                attempt=attempt,
+                reason=decision.reason,
+                http_status=reply.status,
+                **fields,
+            )
+        else:
+            assert decision.next_attempt_at is not None
+            if classify(reply) is Verdict.THROTTLED:
+                self.client.pacer.throttled()
+                if reply.retry_after is not None:
+                    self.client.pacer.pause_until(time.monotonic() + reply.retry_after)
+            elif reply.retry_after is not None and reply.status == 503:
+                self.client.pacer.pause_until(time.monotonic() + reply.retry_after)
+            await store.schedule_retry(
+                t.id,
+                now,
+                decision.next_attempt_at,
+                counts=decision.counts,
+                not_found=decision.not_found,
+                http_status=reply.status,
+                reason=decision.reason,
+            )
+            log.info(
+                "transition.retrying",
+                attempt=attempt,
+                http_status=reply.status,
+                error=reply.error,
+                retry_in_s=round(decision.next_attempt_at - now, 3),
+                **fields,
+            )
+        if self.auth.paused and decision.action is not Action.PAUSE:
+            self.auth.probing = False
+
+    async def stop(self, grace: float) -> None:
+        """Stop claiming and let requests in flight finish within `grace` seconds.
+
+        Requests still running then are cancelled; their transitions stay claimed and
+        `recover_claims` puts them back at the next start (at-least-once).
+        """
+        self._stopping = True
+        self._wake.set()
+        if self._tasks:
+            _, pending = await asyncio.wait(set(self._tasks), timeout=grace)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        self.runtime.metrics.deliverer.set(0)
+
+
+def _fields(t: QueuedTransition) -> dict[str, object]:
+    return {
+        "source": t.source,
+        "rule": t.rule,
+        "event_id": t.event_id,
+        "account_id": t.account_id,
+        "lead_id": t.lead_id,
+        "status": str(t.status),
+        "transition_id": t.id,
+    }
+
+
+DELIVERER = web.AppKey("deliverer", Deliverer)
+
+
+async def delivery_hook(app: web.Application) -> AsyncIterator[None]:
+    """Run the worker for the server's lifetime (a cleanup context, after the store opens)."""
+    runtime = app[RUNTIME]
+    client = VoxysClient(runtime.bundle.config.voxys)
+    await client.start()
+    deliverer = Deliverer(runtime, client)
+    app[DELIVERER] = deliverer
+    runtime.on_stored.append(deliverer.wake)
+    task = asyncio.create_task(deliverer.run())
+    try:
+        yield
+    finally:
+        await deliverer.stop(runtime.bundle.config.voxys.timeout)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await client.close()

@@ -1,0 +1,251 @@
+"""The Voxys Connect client: one pooled session, a paced rate limit, one status -> verdict map.
+
+Rate limit. Voxys must never see more than `requests` calls in *any* window of
+`per_seconds` - we cannot know how it counts. A token bucket sized to the full rate
+would let up to twice that through right after an idle spell, so requests are paced
+instead: an `aiolimiter.AsyncLimiter` holding one request, refilled every
+`per_seconds / requests` (plus a small margin for scheduling jitter). With sends at
+least one interval apart, any window of `per_seconds` holds at most `requests` of
+them. The first send of a process waits one interval too, so a quick restart cannot
+squeeze a request next to the previous process's last one.
+
+When Voxys answers 429 although we kept to that pace, it counts differently from what
+was configured: the pace halves (multiplicative decrease, down to 1/64 of the
+configured rate) and recovers by a tenth of the configured rate per window without a
+429 (additive increase). A `Retry-After` pauses the token until then.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Final
+
+import aiohttp
+import structlog
+from aiolimiter import AsyncLimiter
+
+from bridge import __version__
+from bridge.config import RateLimit, VoxysConfig
+from bridge.models import LeadStatus
+
+log = structlog.get_logger("bridge.voxys")
+
+USER_AGENT: Final = f"voxys-bridge/{__version__} (+https://github.com/voxys/voxys-bridge)"
+PACE_MARGIN: Final = 1.01  # 1% slower than configured: absorbs event-loop scheduling jitter
+MIN_RATE_FRACTION: Final = 1 / 64
+MAX_MESSAGE: Final = 300  # characters of a response body kept as a dead letter's reason
+MAX_RETRY_AFTER_S: Final = 3600.0
+
+
+class Verdict(StrEnum):
+    """What one answer from Voxys means for the transition that was sent."""
+
+    DELIVERED = "delivered"  # 2xx
+    RETRY = "retry"  # 408, 425, 5xx, timeout, connection error
+    THROTTLED = "throttled"  # 429: does not use up an attempt
+    REFUSED = "refused"  # 401, 403: pause the token, keep the queue
+    NOT_FOUND = "not_found"  # 404: the lead may not exist yet
+    REJECTED = "rejected"  # 400, 409, 422 and any other status: dead letter at once
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """One attempt's result: an HTTP answer or the error that stood in for one."""
+
+    status: int | None
+    latency_s: float
+    retry_after: float | None = None  # seconds from now, from a Retry-After header
+    message: str | None = None  # short text from the body, safe to log
+    error: str | None = None  # timeout / connection error, when no answer came
+
+
+def classify(reply: Reply) -> Verdict:
+    """The one place an answer from Voxys becomes a verdict."""
+    status = reply.status
+    if status is None:
+        return Verdict.RETRY
+    if 200 <= status < 300:
+        return Verdict.DELIVERED
+    if status == 429:
+        return Verdict.THROTTLED
+    if status in (408, 425) or status >= 500:
+        return Verdict.RETRY
+    if status in (401, 403):
+        return Verdict.REFUSED
+    if status == 404:
+        return Verdict.NOT_FOUND
+    return Verdict.REJECTED
+
+
+def parse_retry_after(value: str | None, now: float) -> float | None:
+    """Seconds to wait from a Retry-After header (delta-seconds or HTTP date), capped at 1 h."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return min(float(value), MAX_RETRY_AFTER_S)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        return None
+    return min(max(0.0, when.timestamp() - now), MAX_RETRY_AFTER_S)
+
+
+def status_path(account_id: int, lead_id: int) -> str:
+    """The endpoint's path, from validated integers only (never from raw text)."""
+    for name, value in (("account_id", account_id), ("lead_id", lead_id)):
+        if type(value) is not int or value <= 0:
+            raise ValueError(f"{name} must be a positive integer, not {value!r}")
+    return f"/api/v1/accounts/{account_id}/leads/{lead_id}/status"
+
+
+def _message(body: bytes) -> str | None:
+    """A short, single-line text from an error body (its `message`/`error` when JSON)."""
+    text = body.decode("utf-8", "replace").strip()
+    if not text:
+        return None
+    try:
+        doc = json.loads(text)
+    except ValueError:
+        doc = None
+    if isinstance(doc, dict):
+        for key in ("message", "error", "errors"):
+            if key in doc:
+                text = json.dumps(doc[key]) if not isinstance(doc[key], str) else doc[key]
+                break
+    text = " ".join(text.split())
+    return text[:MAX_MESSAGE]
+
+
+class Pacer:
+    """At most `requests` sends in any window of `per_seconds`, adapting to 429s (AIMD)."""
+
+    def __init__(self, rate: RateLimit | None, clock: Callable[[], float] = time.monotonic):
+        self.configured = rate
+        self.clock = clock
+        self.fraction = 1.0
+        self.waited_s = 0.0
+        self._limiter: AsyncLimiter | None = None
+        self._not_before = 0.0  # monotonic time before which nothing is sent
+        self._last_send = 0.0
+        self._last_increase = 0.0
+        if rate is not None:
+            self._limiter = AsyncLimiter(1, self.interval)
+            self._not_before = clock() + self.interval  # see module docstring: restarts
+
+    @property
+    def interval(self) -> float:
+        """Seconds between two sends at the current pace (0 when unlimited)."""
+        if self.configured is None:
+            return 0.0
+        base = self.configured.per_seconds / self.configured.requests
+        return base * PACE_MARGIN / self.fraction
+
+    @property
+    def rate(self) -> float | None:
+        """Current requests per second, None when unlimited."""
+        return None if self.configured is None else 1.0 / self.interval
+
+    async def acquire(self) -> None:
+        """Wait for the next send slot."""
+        start = self.clock()
+        while (delay := self._not_before - self.clock()) > 0:  # noqa: ASYNC110 - a timer
+            await asyncio.sleep(delay)
+        if self._limiter is not None:
+            await self._limiter.acquire()
+        self._last_send = self.clock()
+        self.waited_s += self._last_send - start
+
+    def pause_until(self, when: float) -> None:
+        """Send nothing before monotonic time `when` (Retry-After)."""
+        self._not_before = max(self._not_before, when)
+
+    def throttled(self) -> None:
+        """Voxys answered 429 although we kept to the pace: halve it."""
+        if self.configured is None:
+            return
+        self.fraction = max(MIN_RATE_FRACTION, self.fraction / 2)
+        self._rebuild()
+        log.warning("voxys.rate_limited", rate_per_s=round(1.0 / self.interval, 3))
+
+    def succeeded(self) -> None:
+        """After a window free of 429s, win back a tenth of the configured rate."""
+        if self.configured is None or self.fraction >= 1.0:
+            return
+        now = self.clock()
+        if now - self._last_increase < self.configured.per_seconds:
+            return
+        self._last_increase = now
+        self.fraction = min(1.0, self.fraction + 0.1)
+        self._rebuild()
+
+    def _rebuild(self) -> None:
+        # A fresh limiter starts empty; keep the spacing from the last send.
+        self._limiter = AsyncLimiter(1, self.interval)
+        self._last_increase = self.clock()
+        self.pause_until(self._last_send + self.interval)
+
+
+class VoxysClient:
+    """PATCH lead statuses; never raises for what Voxys (or the network) answers."""
+
+    def __init__(self, config: VoxysConfig, *, rate_limited: bool = True) -> None:
+        self.base_url = config.base_url.rstrip("/")
+        self._token = config.api_token
+        self._timeout = aiohttp.ClientTimeout(total=config.timeout)
+        self._limit = config.max_in_flight
+        self._session: aiohttp.ClientSession | None = None
+        self.pacer = Pacer(config.rate_limit if rate_limited else None)
+
+    async def start(self) -> None:
+        connector = aiohttp.TCPConnector(limit=self._limit, ttl_dns_cache=300)
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            timeout=self._timeout,
+            headers={"User-Agent": USER_AGENT, "Accept": "application/json"},
+        )
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def set_status(
+        self, account_id: int, lead_id: int, status: LeadStatus, notes: str | None
+    ) -> Reply:
+        """One PATCH, paced. Timeouts and connection errors come back as a Reply."""
+        assert self._session is not None, "VoxysClient.start() first"
+        url = self.base_url + status_path(account_id, lead_id)
+        body: dict[str, str] = {"status": str(status)}
+        if notes is not None:
+            body["notes"] = notes
+        headers = {
+            "api_access_token": self._token.get_secret_value(),
+            "Content-Type": "application/json",
+        }
+        await self.pacer.acquire()
+        started = time.monotonic()
+        try:
+            async with self._session.patch(url, data=json.dumps(body), headers=headers) as resp:
+                raw = await resp.read()
+                latency = time.monotonic() - started
+                retry_after = parse_retry_after(resp.headers.get("Retry-After"), time.time())
+                ok = 200 <= resp.status < 300
+                return Reply(
+                    status=resp.status,
+                    latency_s=latency,
+                    retry_after=retry_after,
+                    message=None if ok else _message(raw) or resp.reason,
+                )
+        except TimeoutError:
+            return Reply(None, time.monotonic() - started, error="timeout")
+        except aiohttp.ClientError as exc:
+            return Reply(None, time.monotonic() - started, error=type(exc).__name__)
