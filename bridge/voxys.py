@@ -3,11 +3,10 @@
 Rate limit. Voxys must never see more than `requests` calls in *any* window of
 `per_seconds` - we cannot know how it counts. A token bucket sized to the full rate
 would let up to twice that through right after an idle spell, so requests are paced
-instead: an `aiolimiter.AsyncLimiter` holding one request, refilled every
-`per_seconds / requests` (plus a small margin for scheduling jitter). With sends at
-least one interval apart, any window of `per_seconds` holds at most `requests` of
-them. The first send of a process waits one interval too, so a quick restart cannot
-squeeze a request next to the previous process's last one.
+(`Pacer`): spread out one every `per_seconds / requests`, and never more than
+`requests` in a sliding window, checked against the times of the last sends. The first
+send of a process waits one interval, so that a quick restart cannot squeeze a request
+next to the previous process's last one.
 
 When Voxys answers 429 although we kept to that pace, it counts differently from what
 was configured: the pace halves (multiplicative decrease, down to 1/64 of the
@@ -21,6 +20,7 @@ import asyncio
 import email.utils
 import json
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
@@ -37,7 +37,8 @@ from bridge.models import LeadStatus
 log = structlog.get_logger("bridge.voxys")
 
 USER_AGENT: Final = f"voxys-bridge/{__version__} (+https://github.com/voxys/voxys-bridge)"
-PACE_MARGIN: Final = 1.01  # 1% slower than configured: absorbs event-loop scheduling jitter
+PACE_MARGIN: Final = 1.005  # 0.5% slower than configured: room for network jitter
+BURST: Final = 2
 MIN_RATE_FRACTION: Final = 1 / 64
 MAX_MESSAGE: Final = 300  # characters of a response body kept as a dead letter's reason
 MAX_RETRY_AFTER_S: Final = 3600.0
@@ -126,7 +127,14 @@ def _message(body: bytes) -> str | None:
 
 
 class Pacer:
-    """At most `requests` sends in any window of `per_seconds`, adapting to 429s (AIMD)."""
+    """At most `requests` sends in any window of `per_seconds`, adapting to 429s (AIMD).
+
+    Two parts. An `aiolimiter.AsyncLimiter` holding two requests, refilled at the current
+    rate, spreads the sends out; holding two rather than one keeps a waiter that wakes a
+    little late from losing that time, so the mean rate stays at the limit. A log of the
+    last `requests` send times is the hard guarantee: a send waits until the oldest of
+    them has left the window, whatever the bucket allowed.
+    """
 
     def __init__(self, rate: RateLimit | None, clock: Callable[[], float] = time.monotonic):
         self.configured = rate
@@ -134,11 +142,11 @@ class Pacer:
         self.fraction = 1.0
         self.waited_s = 0.0
         self._limiter: AsyncLimiter | None = None
+        self._sent: deque[float] = deque(maxlen=rate.requests if rate else 1)
         self._not_before = 0.0  # monotonic time before which nothing is sent
-        self._last_send = 0.0
         self._last_increase = 0.0
         if rate is not None:
-            self._limiter = AsyncLimiter(1, self.interval)
+            self._limiter = AsyncLimiter(BURST, BURST * self.interval)
             self._not_before = clock() + self.interval  # see module docstring: restarts
 
     @property
@@ -149,20 +157,24 @@ class Pacer:
         base = self.configured.per_seconds / self.configured.requests
         return base * PACE_MARGIN / self.fraction
 
-    @property
-    def rate(self) -> float | None:
-        """Current requests per second, None when unlimited."""
-        return None if self.configured is None else 1.0 / self.interval
-
     async def acquire(self) -> None:
         """Wait for the next send slot."""
         start = self.clock()
         while (delay := self._not_before - self.clock()) > 0:  # noqa: ASYNC110 - a timer
             await asyncio.sleep(delay)
-        if self._limiter is not None:
-            await self._limiter.acquire()
-        self._last_send = self.clock()
-        self.waited_s += self._last_send - start
+        if self._limiter is None or self.configured is None:
+            return
+        await self._limiter.acquire()
+        window = self.configured.per_seconds * PACE_MARGIN
+        while True:
+            now = self.clock()
+            full = len(self._sent) == self._sent.maxlen
+            if full and (delay := self._sent[0] + window - now) > 0:
+                await asyncio.sleep(delay)
+                continue
+            self._sent.append(now)
+            break
+        self.waited_s += now - start
 
     def pause_until(self, when: float) -> None:
         """Send nothing before monotonic time `when` (Retry-After)."""
@@ -189,9 +201,10 @@ class Pacer:
 
     def _rebuild(self) -> None:
         # A fresh limiter starts empty; keep the spacing from the last send.
-        self._limiter = AsyncLimiter(1, self.interval)
+        self._limiter = AsyncLimiter(BURST, BURST * self.interval)
         self._last_increase = self.clock()
-        self.pause_until(self._last_send + self.interval)
+        if self._sent:
+            self.pause_until(self._sent[-1] + self.interval)
 
 
 class VoxysClient:

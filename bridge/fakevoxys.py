@@ -1,0 +1,432 @@
+"""A fake Voxys Connect lead-status endpoint over real HTTP, with fault injection.
+
+Used as the Voxys server in our tests and by `voxys-bridge sandbox` / `demo`, so rules can
+be tried without touching real leads. It speaks only
+`PATCH /api/v1/accounts/{account_id}/leads/{id}/status` (see shared/VOXYS_API.md).
+
+Answers, in the order they are decided (Rails conventions, as the reference implies):
+
+- any path or method other than the one endpoint: 404 / 405, `{"error": ...}`;
+- missing, unknown or revoked `api_access_token`: 401 `{"error": "Invalid Access Token"}`;
+- a non-integer id, or an unknown lead when leads were seeded: 404;
+- a body that is not JSON: 400; a missing or invalid `status`, or `notes` that is neither
+  a string nor null: 422 `{"error": <message>}`;
+- otherwise 200: the lead object at the top level plus `"message": "Status updated."`
+  (the reference documents "Status updated." and the lead object; a client must not rely
+  on `message`). An absent `notes` keeps the lead's notes; `null` clears them.
+
+Faults run before that: scripted answers (one per request, in order), a sliding-window
+rate limit (429 with `Retry-After`, plain text like Rack::Attack), a failure ratio (503),
+and `latency` added to every answer. The raw token is never stored, printed or logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import math
+import random
+import sys
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, TextIO
+
+from aiohttp import web
+
+STATUS_PATH = "/api/v1/accounts/{account_id}/leads/{lead_id}/status"
+STATUSES = ("open", "won", "lost", "snoozed")
+AUTH_HEADER = "api_access_token"
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def token_id(token: str) -> str:
+    """A short, non-reversible name for a token: what calls record instead of the token."""
+    return hashlib.sha256(token.encode()).hexdigest()[:12]
+
+
+@dataclass(slots=True)
+class Call:
+    """One request the fake received, and what it answered.
+
+    `status` is None when the connection was dropped before a status line was sent;
+    `dropped` is True for every scripted reset. `token_id` is `token_id(token)` or None
+    when the header was absent: the raw token is never kept.
+    """
+
+    at: float
+    method: str
+    path: str
+    account_id: int | None
+    lead_id: int | None
+    token_valid: bool
+    token_id: str | None
+    body: dict[str, Any] | None = None
+    status: int | None = None
+    dropped: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """A scripted answer, given instead of the normal one to exactly one request.
+
+    `body` may be JSON-able (sent as JSON), `str`/`bytes` (sent as is) or None (a JSON
+    `{"error": <reason>}`). `Answer.reset()` drops the connection instead.
+    """
+
+    status: int = 200
+    headers: Mapping[str, str] = field(default_factory=dict)
+    body: Any = None
+    drop: bool = False
+    apply: bool = False  # drop only: apply the change first, so the client never learns
+    partial: bool = False  # drop only: send the status line and headers, then close
+
+    @classmethod
+    def reset(cls, *, apply: bool = False, partial: bool = False) -> Answer:
+        """Close the connection instead of answering (after applying, if `apply`)."""
+        return cls(drop=True, apply=apply, partial=partial)
+
+
+def iso(ts: float) -> str:
+    """POSIX seconds as a Rails-style ISO 8601 UTC string (milliseconds, `Z`)."""
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def new_lead(account_id: int, lead_id: int, now: float) -> dict[str, Any]:
+    """A plausible lead object as the real 200 answer carries it, status `open`."""
+    return {
+        "id": lead_id,
+        "custom_name": f"Sandbox lead {lead_id}",
+        "status": "open",
+        "lead_value": None,
+        "lead_currency": None,
+        "position": None,
+        "notes": None,
+        "assigned_agent": {
+            "id": 1,
+            "name": "Sandbox Agent",
+            "email": "agent@sandbox.invalid",
+            "avatar_url": "",
+        },
+        "company": {"id": account_id, "name": "Sandbox Co", "domain": "sandbox.invalid"},
+        "conversation_id": None,
+        "custom_attributes": {},
+        "created_at": iso(now),
+        "updated_at": iso(now),
+    }
+
+
+def _json(status: int, body: Any, headers: Mapping[str, str] | None = None) -> web.Response:
+    return web.json_response(body, status=status, headers=headers)
+
+
+def _error(status: int, message: str) -> web.Response:
+    return _json(status, {"error": message})
+
+
+class FakeVoxys:
+    """The fake server: state, recorded calls and fault knobs are plain attributes."""
+
+    def __init__(
+        self,
+        *,
+        tokens: set[str] | str,
+        seed_leads: Iterable[tuple[int, int]] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+        seed: int = 0,
+    ) -> None:
+        self._tokens = {tokens} if isinstance(tokens, str) else set(tokens)
+        self._revoked: set[str] = set()
+        self._seeded = seed_leads is not None
+        self._clock = clock
+        self._wall_clock = wall_clock
+        self._random = random.Random(seed)
+        self._script: list[Answer] = []
+        self._runner: web.AppRunner | None = None
+        self.base_url = ""
+        self.calls: list[Call] = []
+        self.leads: dict[tuple[int, int], dict[str, Any]] = {}
+        for account_id, lead_id in seed_leads or ():
+            self.leads[(account_id, lead_id)] = new_lead(account_id, lead_id, wall_clock())
+        # Fault knobs, settable at any time.
+        self.latency = 0.0
+        self.fail_rate_limit: tuple[int, float] | None = None
+        self.fail_ratio = 0.0
+        self.fail_status = 503
+        # Called once per call after it is answered (or dropped); the sandbox prints it.
+        self.on_call: Callable[[Call], None] | None = None
+
+    # -- fault control -------------------------------------------------------------------
+
+    def script(self, *answers: Answer) -> None:
+        """Queue answers; each request takes the next one instead of its normal answer."""
+        self._script.extend(answers)
+
+    @property
+    def scripted(self) -> int:
+        """How many scripted answers are still queued."""
+        return len(self._script)
+
+    def revoke(self, token: str) -> None:
+        """Refuse `token` (401) until `restore(token)`."""
+        self._revoked.add(token)
+
+    def restore(self, token: str) -> None:
+        """Accept `token` again after `revoke` (no effect on tokens never accepted)."""
+        self._revoked.discard(token)
+
+    def max_in_window(self, window: float) -> int:
+        """The most calls whose times fall in any half-open interval [t, t + window)."""
+        times = sorted(call.at for call in self.calls)
+        best = start = 0
+        for end, t in enumerate(times):
+            while times[start] <= t - window:
+                start += 1
+            best = max(best, end - start + 1)
+        return best
+
+    # -- HTTP ----------------------------------------------------------------------------
+
+    def app(self) -> web.Application:
+        """The aiohttp application: one route, the fault middleware in front of it."""
+        app = web.Application(middlewares=[self._middleware])
+        app.router.add_route("PATCH", STATUS_PATH, self._patch_status)
+        return app
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
+        """Listen on host:port (0 picks a free port); return the base URL."""
+        runner = web.AppRunner(self.app(), access_log=None, shutdown_timeout=0.5)
+        await runner.setup()
+        await web.TCPSite(runner, host, port).start()
+        self._runner = runner
+        bound_host, bound_port = runner.addresses[0][:2]
+        shown = f"[{bound_host}]" if ":" in bound_host else bound_host
+        self.base_url = f"http://{shown}:{bound_port}"
+        return self.base_url
+
+    async def stop(self) -> None:
+        """Stop listening; in-flight requests get half a second to finish."""
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def __aenter__(self) -> FakeVoxys:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    @web.middleware
+    async def _middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        token = request.headers.get(AUTH_HEADER)
+        call = Call(
+            at=self._clock(),
+            method=request.method,
+            path=request.path,
+            account_id=_int_or_none(request.match_info.get("account_id")),
+            lead_id=_int_or_none(request.match_info.get("lead_id")),
+            token_valid=self._accepts(token),
+            token_id=None if token is None else token_id(token),
+        )
+        self.calls.append(call)
+        try:
+            return await self._respond(request, handler, call)
+        finally:
+            if self.on_call is not None:
+                self.on_call(call)
+
+    async def _respond(
+        self, request: web.Request, handler: Handler, call: Call
+    ) -> web.StreamResponse:
+        call.body = _json_object(await request.read())
+        # Decide at arrival so ordering and the rate window do not depend on latency.
+        answer = self._script.pop(0) if self._script else None
+        throttled_for = self._throttled_for(call.at)
+        if self.latency > 0:
+            await asyncio.sleep(self.latency)
+        if answer is not None and answer.drop:
+            return await self._drop(request, handler, call, answer)
+        if answer is not None:
+            response: web.StreamResponse = _scripted(answer)
+        elif throttled_for is not None:
+            response = web.Response(
+                status=429, text="Retry later\n", headers={"Retry-After": str(throttled_for)}
+            )
+        elif self.fail_ratio > 0 and self._random.random() < self.fail_ratio:
+            response = _error(self.fail_status, "Service Unavailable")
+        else:
+            response = await _answer(handler, request)
+        call.status = response.status
+        return response
+
+    def _accepts(self, token: str | None) -> bool:
+        return token is not None and token in self._tokens and token not in self._revoked
+
+    def _throttled_for(self, now: float) -> int | None:
+        """Seconds until a slot frees when more than the limit arrived in the window."""
+        if self.fail_rate_limit is None:
+            return None
+        limit, per_seconds = self.fail_rate_limit
+        recent = [c.at for c in self.calls if c.at > now - per_seconds]
+        if len(recent) <= limit:
+            return None
+        # Retry-After is delay-seconds, a non-negative integer (RFC 9110 §10.2.3).
+        oldest_that_must_leave = sorted(recent)[len(recent) - limit]
+        return max(1, math.ceil(oldest_that_must_leave + per_seconds - now))
+
+    async def _drop(
+        self, request: web.Request, handler: Handler, call: Call, answer: Answer
+    ) -> web.StreamResponse:
+        call.dropped = True
+        response = await _answer(handler, request) if answer.apply else None
+        if answer.partial:
+            partial = web.StreamResponse(status=200 if response is None else response.status)
+            partial.content_length = 1024
+            partial.content_type = "application/json"
+            await partial.prepare(request)
+            await partial.write(b'{"message": "Status')
+            call.status = partial.status
+            _close(request)
+            return partial
+        _close(request)
+        return web.Response(status=500)  # never reaches the client: the socket is closed
+
+    async def _patch_status(self, request: web.Request) -> web.StreamResponse:
+        if not self._accepts(request.headers.get(AUTH_HEADER)):
+            return _error(401, "Invalid Access Token")
+        account_id = _int_or_none(request.match_info["account_id"])
+        lead_id = _int_or_none(request.match_info["lead_id"])
+        if account_id is None or lead_id is None:
+            return _error(404, "Resource could not be found")
+        key = (account_id, lead_id)
+        if self._seeded and key not in self.leads:
+            return _error(404, "Resource could not be found")
+        try:
+            body = json.loads(await request.read()) if request.content_type.endswith("json") else {}
+        except ValueError:
+            return _error(400, "Invalid JSON in request body")
+        problem = _invalid(body)
+        if problem is not None:
+            return _error(422, problem)
+        lead = self.leads.get(key) or new_lead(account_id, lead_id, self._wall_clock())
+        changes = {"status": body["status"]}
+        if "notes" in body:
+            changes["notes"] = body["notes"]
+        if any(lead[k] != v for k, v in changes.items()):
+            lead.update(changes, updated_at=iso(self._wall_clock()))
+        self.leads[key] = lead
+        return _json(200, {"message": "Status updated.", **lead})
+
+
+def _int_or_none(text: str | None) -> int | None:
+    # Rails routes ids as strings and `find` refuses non-numeric ones with a 404.
+    if text is None or not text.isascii() or not text.isdigit():
+        return None
+    return int(text)
+
+
+def _json_object(raw: bytes) -> dict[str, Any] | None:
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        return None
+    return body if isinstance(body, dict) else None
+
+
+def _invalid(body: Any) -> str | None:
+    if not isinstance(body, dict) or "status" not in body:
+        return "status is required (a JSON object body with Content-Type: application/json)"
+    if body["status"] not in STATUSES:
+        return f"status must be one of {', '.join(STATUSES)}"
+    if "notes" in body and body["notes"] is not None and not isinstance(body["notes"], str):
+        return "notes must be a string or null"
+    return None
+
+
+def _scripted(answer: Answer) -> web.Response:
+    if isinstance(answer.body, bytes | str):
+        body = answer.body.encode() if isinstance(answer.body, str) else answer.body
+        return web.Response(status=answer.status, body=body, headers=answer.headers)
+    payload = answer.body
+    if payload is None:
+        payload = {"error": web.Response(status=answer.status).reason}
+    return _json(answer.status, payload, answer.headers)
+
+
+async def _answer(handler: Handler, request: web.Request) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:  # the router's 404 / 405, answered as JSON
+        return _json(
+            exc.status,
+            {"error": exc.reason},
+            {"Allow": exc.headers.get("Allow", "")} if exc.status == 405 else None,
+        )
+
+
+def _close(request: web.Request) -> None:
+    if request.transport is not None:
+        request.transport.close()
+
+
+def parse_seed_leads(text: str) -> list[tuple[int, int]]:
+    """Parse `1/42,1/43` (account/lead pairs) for `--seed-leads`."""
+    pairs = []
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        account, sep, lead = item.partition("/")
+        if not sep or not account.isdigit() or not lead.isdigit():
+            raise ValueError(f"expected ACCOUNT/LEAD, got {item!r}")
+        pairs.append((int(account), int(lead)))
+    return pairs
+
+
+def parse_rate_limit(text: str) -> tuple[int, float]:
+    """Parse `10/1` (requests per seconds) for `--rate-limit`."""
+    requests, sep, seconds = text.partition("/")
+    try:
+        limit = (int(requests), float(seconds))
+    except ValueError:
+        limit = (0, 0.0)
+    if not sep or limit[0] < 1 or not limit[1] > 0:
+        raise ValueError(f"expected REQUESTS/SECONDS, got {text!r}")
+    return limit
+
+
+async def run_sandbox(
+    host: str,
+    port: int,
+    tokens: set[str] | str,
+    seed_leads: Iterable[tuple[int, int]] | None,
+    latency: float,
+    rate_limit: tuple[int, float] | None,
+    stream: TextIO | None = None,
+) -> None:
+    """Serve a fake Voxys until cancelled; print the base URL, then one line per call."""
+    out = sys.stdout if stream is None else stream
+    fake = FakeVoxys(tokens=tokens, seed_leads=seed_leads)
+    fake.latency = latency
+    fake.fail_rate_limit = rate_limit
+    fake.on_call = lambda call: print(describe(call), file=out, flush=True)
+    base_url = await fake.start(host, port)
+    print(f"voxys sandbox listening on {base_url}", file=out, flush=True)
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await fake.stop()
+
+
+def describe(call: Call) -> str:
+    """One line for a call: method, path, answer, and the status and notes it asked for."""
+    answered = "dropped" if call.dropped else str(call.status)
+    line = f"{call.method} {call.path} -> {answered}"
+    if call.body is not None:
+        notes = call.body.get("notes")
+        line += f" status={call.body.get('status')!r}"
+        if notes is not None:
+            line += f" notes={str(notes)[:80]!r}"
+    return line

@@ -1,0 +1,417 @@
+"""Delivery: what each answer from Voxys leads to, and the worker against a fake Voxys server."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bridge.bundle import load_bundle
+from bridge.config import RetryConfig
+from bridge.delivery import Action, AuthPause, Deliverer, backoff, decide
+from bridge.fakevoxys import Answer, FakeVoxys
+from bridge.ingest import Runtime
+from bridge.models import Evaluation, Event, LeadStatus, Outcome, Transition
+from bridge.store.base import QueuedTransition
+from bridge.store.sqlite import SqliteStore
+from bridge.voxys import Reply, Verdict, VoxysClient, classify, parse_retry_after
+from tests.conftest import VOXYS_TOKEN, WriteConfig
+
+NOW = 1_700_000_000.0
+RETRY = RetryConfig.model_validate(
+    {
+        "max_attempts": 5,
+        "max_age": "1h",
+        "backoff": {"initial": "1s", "max": "60s"},
+        "not_found": {"attempts": 3, "backoff": "5m"},
+    }
+)
+
+
+def queued(attempts: int = 0, not_found: int = 0, created_at: float = NOW) -> QueuedTransition:
+    return QueuedTransition(
+        id=1,
+        source="stripe",
+        event_id="evt_1",
+        rule="r",
+        account_id=7,
+        lead_id=42,
+        status=LeadStatus.WON,
+        notes=None,
+        occurred_at=created_at,
+        created_at=created_at,
+        attempts=attempts,
+        not_found_attempts=not_found,
+    )
+
+
+def reply(status: int | None, **kw: Any) -> Reply:
+    return Reply(status=status, latency_s=0.01, **kw)
+
+
+def run_decide(t: QueuedTransition, r: Reply, now: float = NOW) -> Any:
+    return decide(t, r, now=now, retry=RETRY, rng=random.Random(1))
+
+
+# --- the one status -> verdict map ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("status", "verdict"),
+    [
+        (200, Verdict.DELIVERED),
+        (204, Verdict.DELIVERED),
+        (408, Verdict.RETRY),
+        (425, Verdict.RETRY),
+        (500, Verdict.RETRY),
+        (503, Verdict.RETRY),
+        (None, Verdict.RETRY),
+        (429, Verdict.THROTTLED),
+        (401, Verdict.REFUSED),
+        (403, Verdict.REFUSED),
+        (404, Verdict.NOT_FOUND),
+        (400, Verdict.REJECTED),
+        (409, Verdict.REJECTED),
+        (422, Verdict.REJECTED),
+        (418, Verdict.REJECTED),
+        (302, Verdict.REJECTED),
+    ],
+)
+def test_each_status_has_one_verdict(status: int | None, verdict: Verdict) -> None:
+    assert classify(reply(status)) is verdict
+
+
+def test_retry_after_is_read_as_seconds_or_http_date_and_capped() -> None:
+    assert parse_retry_after("7", NOW) == 7.0
+    assert parse_retry_after("Tue, 14 Nov 2023 22:13:40 GMT", NOW) == 20.0
+    assert parse_retry_after("Tue, 14 Nov 2023 22:00:00 GMT", NOW) == 0.0  # in the past
+    assert parse_retry_after("999999", NOW) == 3600.0
+    assert parse_retry_after("soon", NOW) is None
+    assert parse_retry_after(None, NOW) is None
+
+
+# --- decisions --------------------------------------------------------------------------
+
+
+def test_a_2xx_delivers() -> None:
+    assert run_decide(queued(), reply(200)).action is Action.DELIVERED
+
+
+def test_a_refused_token_pauses_without_using_an_attempt() -> None:
+    d = run_decide(queued(), reply(401))
+    assert (d.action, d.counts) == (Action.PAUSE, False)
+
+
+def test_a_validation_error_is_dead_at_once_with_the_message() -> None:
+    d = run_decide(queued(), reply(422, message="Status is not included in the list"))
+    assert d.action is Action.DEAD
+    assert d.reason == "HTTP 422: Status is not included in the list"
+
+
+def test_a_server_error_retries_with_backoff_within_the_bounds() -> None:
+    d = run_decide(queued(attempts=2), reply(500))
+    assert d.action is Action.RETRY
+    assert d.counts
+    assert NOW + 1 <= d.next_attempt_at <= NOW + 8  # third attempt: cap 1 s * 2^2
+
+
+def test_backoff_never_exceeds_the_maximum_nor_falls_below_the_initial() -> None:
+    rng = random.Random(3)
+    delays = [backoff(n, RETRY, rng) for n in range(1, 80) for _ in range(20)]
+    assert min(delays) >= 1.0
+    assert max(delays) <= 60.0
+    assert max(delays) > 30.0  # the cap is actually reached
+
+
+def test_the_last_allowed_attempt_dead_letters() -> None:
+    d = run_decide(queued(attempts=4), reply(None, error="timeout"))
+    assert d.action is Action.DEAD
+    assert d.reason == "gave up after 5 attempts: timeout"
+
+
+def test_a_transition_older_than_max_age_is_dead_on_its_next_failure() -> None:
+    d = run_decide(queued(created_at=NOW - 3601), reply(503))
+    assert d.action is Action.DEAD
+    assert "3600" in (d.reason or "")
+
+
+def test_retry_after_on_a_server_error_is_honoured_as_a_minimum() -> None:
+    d = run_decide(queued(), reply(503, retry_after=120.0))
+    assert d.next_attempt_at == NOW + 120.0
+
+
+def test_a_429_does_not_use_up_an_attempt_and_waits_its_retry_after() -> None:
+    d = run_decide(queued(attempts=4), reply(429, retry_after=30.0))
+    assert (d.action, d.counts, d.next_attempt_at) == (Action.RETRY, False, NOW + 30.0)
+
+
+def test_a_404_retries_per_not_found_then_dead_letters() -> None:
+    first = run_decide(queued(), reply(404))
+    assert (first.action, first.not_found, first.next_attempt_at) == (
+        Action.RETRY,
+        True,
+        NOW + 300,
+    )
+    last = run_decide(queued(attempts=2, not_found=2), reply(404))
+    assert last.action is Action.DEAD
+    assert last.reason is not None
+    assert last.reason.startswith("lead not found after 3 attempts")
+
+
+# --- auth pause -------------------------------------------------------------------------
+
+
+def test_auth_pause_probes_once_every_interval_backing_off_to_the_maximum() -> None:
+    pause = AuthPause(probe_initial=30, probe_max=100)
+    assert pause.may_send(0) == -1
+    assert pause.refuse(0) is True  # starts a pause: logged once
+    assert pause.may_send(29) == 0
+    assert pause.may_send(30) == 1
+    pause.probing = True
+    assert pause.may_send(31) == 0  # one probe at a time
+    assert pause.refuse(31) is False  # the probe was refused: no second log line
+    assert pause.next_probe_at == 31 + 60
+    pause.probing = True
+    pause.refuse(100)
+    assert pause.interval == 100  # capped
+    assert pause.recover() is True
+    assert pause.may_send(101) == -1
+
+
+def test_refusals_of_requests_already_in_flight_do_not_stretch_the_pause() -> None:
+    pause = AuthPause(probe_initial=30, probe_max=300)
+    pause.refuse(0)
+    pause.refuse(0.1)
+    pause.refuse(0.2)
+    assert (pause.interval, pause.next_probe_at) == (30, 30)
+
+
+# --- the worker against a fake Voxys server ---------------------------------------------
+
+
+class Harness:
+    """A real store, the worker and a fake Voxys on loopback; events go straight to the store."""
+
+    def __init__(self, runtime: Runtime, fake: FakeVoxys, deliverer: Deliverer) -> None:
+        self.runtime = runtime
+        self.fake = fake
+        self.deliverer = deliverer
+        self.task: asyncio.Task[None] | None = None
+        self.clock = NOW
+        self.seq = 0
+
+    async def queue(
+        self, lead_id: int, status: LeadStatus, *, occurred_at: float | None = None
+    ) -> None:
+        self.seq += 1
+        event = Event(
+            source="stripe",
+            event_id=f"evt_{self.seq}",
+            occurred_at=occurred_at if occurred_at is not None else self.clock + self.seq,
+            received_at=self.clock,
+            payload={},
+        )
+        evaluation = Evaluation(
+            outcome=Outcome.MATCHED,
+            transitions=(Transition(rule="r", account_id=7, lead_id=lead_id, status=status),),
+            matched_rules=("r",),
+        )
+        await self.runtime.store.ingest([(event, evaluation)], self.clock)
+        self.deliverer.wake()
+
+    def start(self) -> None:
+        self.task = asyncio.create_task(self.deliverer.run())
+
+    async def until(self, condition: Callable[[], bool], timeout: float = 10.0) -> None:
+        async def poll() -> None:
+            while not condition():
+                await asyncio.sleep(0.005)
+
+        await asyncio.wait_for(poll(), timeout)
+
+    async def states(self) -> dict[str, int]:
+        stats = await self.runtime.store.stats(self.clock)
+        return {k: v for k, v in stats.transitions.items() if v}
+
+    async def until_states(self, expected: dict[str, int], timeout: float = 10.0) -> None:
+        async def poll() -> None:
+            while await self.states() != expected:
+                await asyncio.sleep(0.005)
+
+        await asyncio.wait_for(poll(), timeout)
+
+    async def idle(self) -> None:
+        """Wait until no request is in flight."""
+        await self.until(lambda: not self.deliverer._tasks)
+
+
+Factory = Callable[..., Awaitable[Harness]]
+
+
+@pytest.fixture
+async def harness(write_config: WriteConfig, tmp_path: Path) -> AsyncIterator[Factory]:
+    made: list[tuple[Harness, VoxysClient]] = []
+
+    async def make(*, rate: bool = False, seed_leads: Any = None, **auth: float) -> Harness:
+        fake = FakeVoxys(tokens=VOXYS_TOKEN, seed_leads=seed_leads)
+        url = await fake.start()
+        bundle = load_bundle(write_config(voxys_url=url))
+        store = SqliteStore(tmp_path / f"d{len(made)}.db")
+        await store.open()
+        h: Harness
+        runtime = Runtime(bundle=bundle, store=store, clock=lambda: h.clock)
+        client = VoxysClient(bundle.config.voxys, rate_limited=rate)
+        await client.start()
+        deliverer = Deliverer(runtime, client, clock=lambda: h.clock, auth=AuthPause(**auth))
+        h = Harness(runtime, fake, deliverer)
+        made.append((h, client))
+        return h
+
+    yield make
+    for h, client in made:
+        await h.deliverer.stop(1.0)
+        if h.task:
+            h.task.cancel()
+            await asyncio.gather(h.task, return_exceptions=True)
+        await client.close()
+        await h.runtime.store.close()
+        await h.fake.stop()
+
+
+async def test_a_queued_transition_is_patched_with_token_status_and_path(
+    harness: Factory,
+) -> None:
+    h = await harness()
+    await h.queue(42, LeadStatus.WON)
+    h.start()
+    await h.until(lambda: len(h.fake.calls) == 1)
+    call = h.fake.calls[0]
+    assert (call.method, call.path, call.token_valid) == (
+        "PATCH",
+        "/api/v1/accounts/7/leads/42/status",
+        True,
+    )
+    assert call.body == {"status": "won"}
+    await h.until_states({"delivered": 1})
+    assert h.fake.leads[(7, 42)]["status"] == "won"
+
+
+async def test_new_work_is_sent_at_once_without_polling(harness: Factory) -> None:
+    h = await harness()
+    h.start()
+    await asyncio.sleep(0)  # the worker finds nothing and waits
+    await h.queue(1, LeadStatus.LOST)
+    # IDLE_POLL_S is 30 s: only the wake-up can make this arrive within the timeout.
+    await h.until(lambda: len(h.fake.calls) == 1, timeout=2.0)
+
+
+async def test_several_pending_for_one_lead_send_only_the_newest(harness: Factory) -> None:
+    h = await harness()
+    await h.queue(42, LeadStatus.OPEN)
+    await h.queue(42, LeadStatus.SNOOZED)
+    await h.queue(42, LeadStatus.WON)
+    h.start()
+    await h.until(lambda: len(h.fake.calls) == 1)
+    await h.until(lambda: h.fake.leads.get((7, 42), {}).get("status") == "won")
+    assert [c.body for c in h.fake.calls] == [{"status": "won"}]
+    await h.until_states({"delivered": 1, "superseded": 2})
+
+
+async def test_an_event_older_than_the_last_delivered_one_is_skipped_as_stale(
+    harness: Factory,
+) -> None:
+    h = await harness()
+    await h.queue(42, LeadStatus.WON, occurred_at=NOW + 100)
+    h.start()
+    await h.until(lambda: len(h.fake.calls) == 1)
+    await h.idle()
+    await h.queue(42, LeadStatus.OPEN, occurred_at=NOW + 50)  # arrived late, happened earlier
+    await h.until_states({"delivered": 1, "stale": 1})
+    assert len(h.fake.calls) == 1
+
+
+async def test_a_server_error_is_retried_then_delivered(harness: Factory) -> None:
+    h = await harness()
+    h.fake.script(Answer(status=500), Answer.reset())
+    await h.queue(42, LeadStatus.WON)
+    h.start()
+    await h.until(lambda: len(h.fake.calls) == 1)
+    await h.idle()
+    [entry] = await h.runtime.store.ledger(7, 42)
+    assert (entry.state, entry.attempts, entry.http_status) == ("pending", 1, 500)
+    h.clock = entry.next_attempt_at or 0.0  # move the injected clock to the retry time
+    h.deliverer.wake()
+    await h.until(lambda: len(h.fake.calls) == 2)  # the reset
+    await h.idle()
+    [entry] = await h.runtime.store.ledger(7, 42)
+    h.clock = entry.next_attempt_at or 0.0
+    h.deliverer.wake()
+    await h.until(lambda: len(h.fake.calls) == 3)
+    await h.until(lambda: h.fake.leads.get((7, 42), {}).get("status") == "won")
+
+
+async def test_an_unknown_lead_dead_letters_after_the_not_found_attempts(
+    harness: Factory,
+) -> None:
+    h = await harness(seed_leads=[(7, 1)])
+    await h.queue(42, LeadStatus.WON)
+    h.start()
+    for n in (1, 2, 3):
+        await h.until(lambda n=n: len(h.fake.calls) == n)
+        await h.idle()
+        [entry] = await h.runtime.store.ledger(7, 42)
+        if entry.next_attempt_at:
+            h.clock = entry.next_attempt_at
+            h.deliverer.wake()
+    [dead] = await h.runtime.store.dead_letters()
+    assert dead.http_status == 404
+    assert (dead.reason or "").startswith("lead not found after 3 attempts")
+
+
+async def test_a_refused_token_pauses_delivery_and_a_probe_resumes_it(harness: Factory) -> None:
+    h = await harness(probe_initial=60, probe_max=300)
+    h.fake.revoke(VOXYS_TOKEN)
+    for lead in (1, 2, 3):
+        await h.queue(lead, LeadStatus.WON)
+    h.start()
+    await h.until(lambda: h.deliverer.auth.paused and not h.deliverer._tasks)
+    refused = len(h.fake.calls)
+    assert 1 <= refused <= 3  # what was in flight when the pause began, no more
+    assert (await h.states()) == {"pending": 3}  # nothing burnt, nothing dead
+    h.clock += 59
+    h.deliverer.wake()
+    await asyncio.sleep(0.05)
+    assert len(h.fake.calls) == refused  # no probe before its time
+    h.fake.restore(VOXYS_TOKEN)
+    h.clock += 1
+    h.deliverer.wake()
+    await h.until(lambda: len(h.fake.calls) == refused + 3)
+    await h.until(lambda: not h.deliverer.auth.paused)
+    await h.until_states({"delivered": 3})
+
+
+async def test_a_429_with_retry_after_pauses_the_token_without_using_an_attempt(
+    harness: Factory,
+) -> None:
+    h = await harness()
+    h.fake.script(Answer(status=429, headers={"Retry-After": "120"}))
+    await h.queue(42, LeadStatus.WON)
+    h.start()
+    await h.until(lambda: len(h.fake.calls) == 1)
+    await h.idle()
+    [entry] = await h.runtime.store.ledger(7, 42)
+    assert (entry.state, entry.attempts, entry.next_attempt_at) == ("pending", 0, NOW + 120)
+
+
+async def test_paced_client_keeps_to_the_rate_in_every_window(harness: Factory) -> None:
+    h = await harness(rate=True)
+    # BASE_CONFIG allows 1000 req/s; 120 sends paced take ~0.12 s.
+    for lead in range(1, 121):
+        await h.queue(lead, LeadStatus.WON)
+    h.start()
+    await h.until(lambda: len(h.fake.calls) == 120)
+    assert h.fake.max_in_window(0.1) <= 100
