@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 import structlog
 from aiohttp import web
 
+from bridge.admin import mount as mount_admin
 from bridge.errors import StorageError
 from bridge.ingest import RUNTIME, Runtime, handle_webhook
 from bridge.metrics import METRICS, handle_metrics
@@ -50,4 +51,5 @@ def create_app(runtime: Runtime, *, hooks: Sequence[Hook] = ()) -> web.Applicati
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", handle_metrics)
+    mount_admin(app, runtime)
     return app

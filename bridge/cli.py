@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
-from typing import TextIO
+from collections.abc import Callable, Sequence
+from typing import TextIO, TypeVar
 
-from bridge import __version__
+from bridge import __version__, fakevoxys
 from bridge.bundle import Bundle, load_bundle
 from bridge.errors import ConfigErrors
 
 DEFAULT_CONFIG = "config/bridge.yaml"
+T = TypeVar("T")
 
 
 def _load(path: str, err: TextIO) -> Bundle | None:
@@ -95,6 +96,53 @@ def cmd_healthcheck(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
+def cmd_sandbox(args: argparse.Namespace) -> int:
+    """A fake Voxys API on loopback: try rules without touching real leads."""
+    import asyncio
+
+    from bridge import fakevoxys
+
+    tokens = set(args.token or ["sandbox-token"])
+    try:
+        asyncio.run(
+            fakevoxys.run_sandbox(
+                args.host,
+                args.port,
+                tokens,
+                args.seed_leads,
+                args.latency,
+                args.rate_limit,
+            )
+        )
+    except KeyboardInterrupt:
+        pass
+    except OSError as exc:
+        print(f"error: cannot listen on {args.host}:{args.port}: {exc.strerror}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _arg(parse: Callable[[str], T]) -> Callable[[str], T]:
+    """An argparse `type` whose ValueError message reaches the user."""
+
+    def convert(text: str) -> T:
+        try:
+            return parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from exc
+
+    return convert
+
+
+def cmd_admin(args: argparse.Namespace) -> int:
+    bundle = _load(args.config, sys.stderr)
+    if bundle is None:
+        return 2
+    from bridge import admin
+
+    return admin.cli_main(args.command, args, bundle)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="voxys-bridge",
@@ -126,10 +174,64 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_dry_run)
+    p = sub.add_parser(
+        "sandbox",
+        help="run a fake Voxys API on loopback to try rules safely",
+        description="A fake Voxys API: the status endpoint with its auth, 404, 422 and 429.",
+    )
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8099, help="default: %(default)s")
+    p.add_argument(
+        "--token",
+        action="append",
+        default=None,
+        help="an accepted api_access_token (repeatable; default: sandbox-token)",
+    )
+    p.add_argument(
+        "--seed-leads",
+        type=_arg(fakevoxys.parse_seed_leads),
+        default=None,
+        metavar="ACCOUNT/LEAD,...",
+        help="only these leads exist (others answer 404); default: every lead exists",
+    )
+    p.add_argument("--latency", type=float, default=0.0, metavar="SECONDS")
+    p.add_argument(
+        "--rate-limit",
+        type=_arg(fakevoxys.parse_rate_limit),
+        default=None,
+        metavar="REQUESTS/SECONDS",
+        help="answer 429 with Retry-After beyond this rate, e.g. 10/1",
+    )
+    p.set_defaults(func=cmd_sandbox)
     p = command("healthcheck", "exit 0 when the local server answers /healthz")
     p.add_argument("--url", help="the health URL (default: 127.0.0.1 on server.port)")
     p.add_argument("--timeout", type=float, default=3.0, help="seconds (default: %(default)s)")
     p.set_defaults(func=cmd_healthcheck)
+
+    p = command("dead-letters", "list dead letters or re-queue them (works while stopped)")
+    actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    a = actions.add_parser("list", help="dead transitions, newest first")
+    a.add_argument("--config", "-c", default=argparse.SUPPRESS, help="bridge.yaml")
+    a.add_argument("--json", action="store_true", help="machine-readable output")
+    a = actions.add_parser("retry", help="re-queue dead transitions (all without --id)")
+    a.add_argument("--config", "-c", default=argparse.SUPPRESS, help="bridge.yaml")
+    a.add_argument("--id", type=int, action="append", metavar="N", help="a transition id")
+    a.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_admin)
+    p = command("replay", "run the current rules again on stored events")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--id", type=int, action="append", metavar="N", help="an event pk")
+    which.add_argument("--outcome", choices=["unmapped", "ignored"], help="events with outcome")
+    p.add_argument("--since", metavar="ISO", help="with --outcome: received at or after (UTC)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_admin)
+    p = command("explain", "print a lead's ledger, newest first")
+    p.add_argument("--lead", required=True, metavar="ACCOUNT/LEAD", help="or LEAD alone")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_admin)
+    p = command("stats", "counts per transition state and event outcome")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_admin)
     return parser
 
 

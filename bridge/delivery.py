@@ -390,6 +390,7 @@ async def delivery_hook(app: web.Application) -> AsyncIterator[None]:
     deliverer = Deliverer(runtime, client)
     app[DELIVERER] = deliverer
     runtime.on_stored.append(deliverer.wake)
+    runtime.paused_tokens = deliverer.paused_tokens
     task = asyncio.create_task(deliverer.run())
     try:
         yield

@@ -32,6 +32,7 @@ class Runtime:
     clock: Callable[[], float] = time.time
     metrics: Metrics = field(default_factory=Metrics)
     on_stored: list[Callable[[int], None]] = field(default_factory=list)  # wakes delivery
+    paused_tokens: Callable[[], int] = lambda: 0  # set by delivery: tokens Voxys refused
 
 
 RUNTIME = web.AppKey("runtime", Runtime)

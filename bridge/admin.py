@@ -1,0 +1,477 @@
+"""Operating the bridge: dead letters, replay, a lead's ledger and stats, over HTTP and the CLI.
+
+The operations are plain async functions over a Store (and a rules evaluator); the
+`/admin` routes and the `dead-letters | replay | explain | stats` commands are thin
+edges over them. The routes exist only when `admin.token` is set and every request
+must carry it as `Authorization: Bearer <token>`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hmac
+import json
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal, Protocol, TextIO, TypeVar
+
+import structlog
+from aiohttp import web
+from aiohttp.typedefs import Handler
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, model_validator
+
+from bridge.bundle import Bundle
+from bridge.errors import BadRequest, ConfigError, RequestRejected, StorageError
+from bridge.ingest import RUNTIME, Runtime
+from bridge.models import Evaluation, Event, Outcome
+from bridge.store import open_store
+from bridge.store.base import LedgerEntry, Store
+
+log = structlog.get_logger("bridge.admin")
+
+REPLAY_LIMIT = 10_000
+
+
+class Evaluator(Protocol):
+    """What replay needs of the rules: the current verdict on one event."""
+
+    def evaluate(self, event: Event) -> Evaluation: ...
+
+
+# --- requests -------------------------------------------------------------------------
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class RetryRequest(_Body):
+    """`{}` re-queues every dead letter; `{"ids": [...]}` only those."""
+
+    ids: list[StrictInt] | None = Field(default=None, min_length=1)
+
+
+class ReplayRequest(_Body):
+    """Events by primary key, or every event with an outcome received since a time."""
+
+    ids: list[StrictInt] | None = Field(default=None, min_length=1)
+    outcome: Literal["unmapped", "ignored"] | None = None
+    since: datetime | None = None  # a time without an offset is UTC
+
+    @model_validator(mode="after")
+    def _one_selection(self) -> ReplayRequest:
+        by_query = self.outcome is not None or self.since is not None
+        if self.ids is not None and by_query:
+            raise ValueError("give either ids or outcome and since, not both")
+        if self.ids is None and (self.outcome is None or self.since is None):
+            raise ValueError("give ids, or both outcome and since")
+        return self
+
+    @property
+    def since_epoch(self) -> float | None:
+        if self.since is None:
+            return None
+        since = self.since if self.since.tzinfo else self.since.replace(tzinfo=UTC)
+        return since.timestamp()
+
+
+def describe(exc: ValidationError) -> str:
+    """A validation error as one line naming each field, never quoting the input."""
+    parts = []
+    for error in exc.errors(include_input=False, include_url=False):
+        where = ".".join(str(p) for p in error["loc"]) or "body"
+        parts.append(f"{where}: {error['msg']}")
+    return "; ".join(parts)
+
+
+# --- operations -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayResult:
+    """What one replay did: events re-evaluated per new outcome, transitions queued."""
+
+    outcomes: dict[str, int] = field(default_factory=lambda: dict.fromkeys(map(str, Outcome), 0))
+    transitions: int = 0
+    skipped_matched: int = 0  # already matched: replaying would queue their transitions twice
+    truncated: bool = False  # REPLAY_LIMIT events were chosen; run again for the rest
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "events": sum(self.outcomes.values()),
+            "outcomes": self.outcomes,
+            "transitions": self.transitions,
+            "skipped_matched": self.skipped_matched,
+            "truncated": self.truncated,
+        }
+
+
+async def list_dead(store: Store, limit: int = 1000) -> list[LedgerEntry]:
+    """Dead transitions, newest first."""
+    return await store.dead_letters(limit)
+
+
+async def retry(store: Store, ids: Sequence[int] | None, now: float) -> int:
+    """Re-queue dead transitions (all when `ids` is None); returns how many."""
+    return await store.retry_dead(ids, now)
+
+
+async def replay(
+    store: Store, rules: Evaluator, selection: ReplayRequest, now: float
+) -> ReplayResult:
+    """Run the current rules again on stored events that did not match and queue the result."""
+    chosen = await store.events_for_replay(
+        ids=selection.ids,
+        outcome=Outcome(selection.outcome) if selection.outcome else None,
+        since=selection.since_epoch,
+        limit=REPLAY_LIMIT,
+    )
+    outcomes = dict.fromkeys(map(str, Outcome), 0)
+    skipped = queued = 0
+    for stored in chosen:
+        if stored.outcome is Outcome.MATCHED:
+            skipped += 1
+            continue
+        evaluation = rules.evaluate(stored.event)
+        queued += await store.apply_replay(stored.pk, evaluation, now)
+        outcomes[str(evaluation.outcome)] += 1
+    return ReplayResult(outcomes, queued, skipped, truncated=len(chosen) >= REPLAY_LIMIT)
+
+
+async def explain(store: Store, account_id: int, lead_id: int) -> list[LedgerEntry]:
+    """Every transition of one lead, newest first."""
+    return await store.ledger(account_id, lead_id)
+
+
+async def stats(store: Store, now: float) -> dict[str, Any]:
+    """Counts per transition state and event outcome, retrying, oldest pending age."""
+    s = await store.stats(now)
+    return {
+        "transitions": s.transitions,
+        "events": s.events,
+        "retrying": s.retrying,
+        "oldest_pending_age_s": s.oldest_pending_age_s,
+        "store": s.extra,
+    }
+
+
+def iso(ts: float | None) -> str | None:
+    """POSIX seconds as ISO 8601 UTC with milliseconds, e.g. 2024-05-01T12:00:00.000Z."""
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def dead_letter_json(entry: LedgerEntry) -> dict[str, Any]:
+    return {
+        "id": entry.id,
+        "source": entry.source,
+        "rule": entry.rule,
+        "event_id": entry.event_id,
+        "account_id": entry.account_id,
+        "lead_id": entry.lead_id,
+        "status": str(entry.status),
+        "reason": entry.reason,
+        "http_status": entry.http_status,
+        "attempts": entry.attempts,
+        "first_attempt_at": entry.first_attempt_at,
+        "first_attempt_iso": iso(entry.first_attempt_at),
+        "last_attempt_at": entry.last_attempt_at,
+        "last_attempt_iso": iso(entry.last_attempt_at),
+    }
+
+
+def ledger_json(entry: LedgerEntry) -> dict[str, Any]:
+    body = entry.as_json()
+    for key in ("occurred_at", "created_at", "first_attempt_at", "last_attempt_at"):
+        body[key.removesuffix("_at") + "_iso"] = iso(body[key])
+    return body
+
+
+# --- HTTP -----------------------------------------------------------------------------
+
+
+def _error(status: int, message: str) -> web.Response:
+    headers = {"WWW-Authenticate": 'Bearer realm="voxys-bridge admin"'} if status == 401 else None
+    return web.json_response({"ok": False, "error": message}, status=status, headers=headers)
+
+
+def authorized(header: str, token: str) -> bool:
+    """`Authorization: Bearer <token>`, compared in constant time."""
+    scheme, _, given = header.partition(" ")
+    if scheme.lower() != "bearer":
+        return False
+    return hmac.compare_digest(given.strip().encode(), token.encode())
+
+
+@web.middleware
+async def _guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+    token = request.config_dict[RUNTIME].bundle.config.admin.token
+    if token is None:  # removed by a reload: the admin API is off again
+        return _error(404, "admin API is off (no admin.token)")
+    if not authorized(request.headers.get("Authorization", ""), token.get_secret_value()):
+        log.warning("admin.unauthorized", path=request.path, remote=request.remote)
+        return _error(401, "missing or wrong admin token")
+    try:
+        return await handler(request)
+    except RequestRejected as exc:
+        return _error(exc.status, exc.reason)
+    except StorageError as exc:
+        log.error("admin.storage_unavailable", path=request.path, error=str(exc))
+        return _error(503, "storage unavailable, retry later")
+
+
+_B = TypeVar("_B", bound=_Body)
+
+
+async def _body(request: web.Request, model: type[_B]) -> _B:
+    raw = await request.read()
+    if not raw.strip():
+        raise BadRequest("the body must be a JSON object, e.g. {}")
+    try:
+        return model.model_validate_json(raw)
+    except ValidationError as exc:
+        raise BadRequest(describe(exc)) from None
+
+
+def _wake(runtime: Runtime, queued: int) -> None:
+    if queued:
+        for callback in runtime.on_stored:
+            callback(queued)
+
+
+async def handle_dead_letters(request: web.Request) -> web.Response:
+    entries = await list_dead(request.config_dict[RUNTIME].store)
+    return web.json_response([dead_letter_json(e) for e in entries])
+
+
+async def handle_retry(request: web.Request) -> web.Response:
+    runtime = request.config_dict[RUNTIME]
+    body = await _body(request, RetryRequest)
+    count = await retry(runtime.store, body.ids, runtime.clock())
+    log.info("admin.retry", requested=len(body.ids) if body.ids else "all", queued=count)
+    _wake(runtime, count)
+    return web.json_response({"ok": True, "queued": count})
+
+
+async def handle_replay(request: web.Request) -> web.Response:
+    runtime = request.config_dict[RUNTIME]
+    body = await _body(request, ReplayRequest)
+    result = await replay(runtime.store, runtime.bundle.rules, body, runtime.clock())
+    log.info("admin.replay", **result.as_json())
+    _wake(runtime, result.transitions)
+    return web.json_response({"ok": True, **result.as_json()})
+
+
+async def handle_lead(request: web.Request) -> web.Response:
+    try:
+        account_id = int(request.match_info["account_id"])
+        lead_id = int(request.match_info["lead_id"])
+    except ValueError:
+        raise BadRequest("account_id and lead_id must be integers") from None
+    entries = await explain(request.config_dict[RUNTIME].store, account_id, lead_id)
+    return web.json_response([ledger_json(e) for e in entries])
+
+
+async def handle_stats(request: web.Request) -> web.Response:
+    runtime = request.config_dict[RUNTIME]
+    body = await stats(runtime.store, runtime.clock())
+    # Delivery owns the auth pause; it may not be wired into this runtime.
+    body["paused_tokens"] = runtime.paused_tokens()
+    return web.json_response(body)
+
+
+def admin_app() -> web.Application:
+    """The `/admin` sub-application; mount it with `app.add_subapp("/admin", admin_app())`."""
+    app = web.Application(middlewares=[_guard])
+    app.router.add_get("/dead-letters", handle_dead_letters)
+    app.router.add_post("/dead-letters/retry", handle_retry)
+    app.router.add_post("/events/replay", handle_replay)
+    app.router.add_get("/leads/{account_id}/{lead_id}", handle_lead)
+    app.router.add_get("/stats", handle_stats)
+    return app
+
+
+def mount(app: web.Application, runtime: Runtime) -> None:
+    """Add the `/admin` routes to `app` when `admin.token` is set; without it they do not exist."""
+    if runtime.bundle.config.admin.token is not None:
+        app.add_subapp("/admin", admin_app())
+
+
+# --- CLI ------------------------------------------------------------------------------
+
+
+class UsageError(Exception):
+    """A command-line argument the operation cannot use."""
+
+
+def parse_lead(value: str, default_account: int | None) -> tuple[int, int]:
+    """`ACCOUNT/LEAD`, or `LEAD` in the configured voxys.account_id."""
+    account, sep, lead = value.rpartition("/")
+    if not sep and default_account is None:
+        raise UsageError("--lead wants ACCOUNT/LEAD: voxys.account_id is not configured")
+    try:
+        return (int(account) if sep else default_account or 0), int(lead)
+    except ValueError:
+        raise UsageError(f"--lead wants ACCOUNT/LEAD or LEAD as integers, not {value!r}") from None
+
+
+def cli_main(
+    command: str,
+    args: argparse.Namespace,
+    bundle: Bundle,
+    out: TextIO = sys.stdout,
+    err: TextIO = sys.stderr,
+) -> int:
+    """Run `dead-letters | replay | explain | stats` on the configured store; the exit code."""
+    try:
+        return asyncio.run(_run(command, args, bundle, out))
+    except UsageError as exc:
+        print(f"error: {exc}", file=err)
+        return 2
+    except ConfigError as exc:
+        print(f"error: {exc}", file=err)
+        return 2
+    except StorageError as exc:
+        print(f"error: storage unavailable: {exc}", file=err)
+        return 1
+
+
+async def _run(command: str, args: argparse.Namespace, bundle: Bundle, out: TextIO) -> int:
+    as_json: bool = getattr(args, "json", False)
+    selection: ReplayRequest | None = None
+    lead: tuple[int, int] | None = None
+    if command == "replay":  # validate before touching the store
+        fields = {"ids": args.id, "outcome": args.outcome, "since": args.since}
+        try:
+            selection = ReplayRequest.model_validate({k: v for k, v in fields.items() if v})
+        except ValidationError as exc:
+            raise UsageError(describe(exc)) from None
+    elif command == "explain":
+        lead = parse_lead(args.lead, bundle.config.voxys.account_id)
+    elif command not in ("dead-letters", "stats"):
+        raise UsageError(f"unknown command {command!r}")
+    store = open_store(bundle.config.storage.url)
+    await store.open()
+    try:
+        now = time.time()
+        if command == "dead-letters" and args.action == "retry":
+            count = await retry(store, args.id or None, now)
+            _emit(out, as_json, {"ok": True, "queued": count}, f"re-queued {count} dead letter(s)")
+        elif command == "dead-letters":
+            entries = await list_dead(store)
+            rows = [dead_letter_json(e) for e in entries]
+            _emit(out, as_json, rows, _dead_table(entries))
+        elif command == "replay":
+            assert selection is not None
+            result = (await replay(store, bundle.rules, selection, now)).as_json()
+            _emit(out, as_json, result, _replay_text(result))
+        elif command == "explain":
+            assert lead is not None
+            entries = await explain(store, *lead)
+            text = (
+                _ledger_table(entries)
+                if entries
+                else f"no transitions for lead {lead[0]}/{lead[1]}"
+            )
+            _emit(out, as_json, [ledger_json(e) for e in entries], text)
+        else:
+            body = await stats(store, now)
+            _emit(out, as_json, body, _stats_text(body))
+    finally:
+        await store.close()
+    return 0
+
+
+def _emit(out: TextIO, as_json: bool, data: Any, text: str) -> None:
+    print(json.dumps(data, indent=2) if as_json else text, file=out)
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """Left-aligned columns, `-` for missing values."""
+    cells = [[("-" if v is None else str(v)) for v in row] for row in rows]
+    widths = [max(len(h), *(len(r[i]) for r in cells)) for i, h in enumerate(headers)]
+    lines = [headers, *cells]
+    return "\n".join(
+        "  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip() for line in lines
+    )
+
+
+def _when(ts: float | None) -> str | None:
+    return None if ts is None else datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def _dead_table(entries: Sequence[LedgerEntry]) -> str:
+    if not entries:
+        return "no dead letters"
+    headers = [
+        "id",
+        "lead",
+        "status",
+        "rule",
+        "source/event_id",
+        "attempts",
+        "http",
+        "last attempt",
+        "reason",
+    ]
+    rows = [
+        [
+            e.id,
+            f"{e.account_id}/{e.lead_id}",
+            e.status,
+            e.rule,
+            f"{e.source}/{e.event_id}",
+            e.attempts,
+            e.http_status,
+            _when(e.last_attempt_at),
+            e.reason,
+        ]
+        for e in entries
+    ]
+    return table(headers, rows)
+
+
+def _ledger_table(entries: Sequence[LedgerEntry]) -> str:
+    headers = ["time", "status", "state", "rule", "source/event_id", "attempts", "reason"]
+    rows = [
+        [
+            _when(e.occurred_at),
+            e.status,
+            e.state,
+            e.rule,
+            f"{e.source}/{e.event_id}",
+            e.attempts,
+            e.reason,
+        ]
+        for e in entries
+    ]
+    return table(headers, rows)
+
+
+def _replay_text(result: dict[str, Any]) -> str:
+    outcomes = ", ".join(f"{k} {v}" for k, v in result["outcomes"].items())
+    lines = [
+        f"replayed {result['events']} event(s): {outcomes}",
+        f"queued {result['transitions']} transition(s)",
+    ]
+    if result["skipped_matched"]:
+        lines.append(f"skipped {result['skipped_matched']} already matched event(s)")
+    if result["truncated"]:
+        lines.append(f"stopped at {REPLAY_LIMIT} events: run again for the rest")
+    return "\n".join(lines)
+
+
+def _stats_text(body: dict[str, Any]) -> str:
+    age = body["oldest_pending_age_s"]
+    rows = [[f"transitions {k}", v] for k, v in body["transitions"].items()]
+    rows += [[f"events {k}", v] for k, v in body["events"].items()]
+    rows += [
+        ["retrying", body["retrying"]],
+        ["oldest pending", None if age is None else f"{age:.1f}s"],
+    ]
+    return table(["counter", "value"], rows)
