@@ -1,0 +1,150 @@
+"""Fixtures for the Store contract suite: one `store` per backend, plus builders of events.
+
+Every test in test_contract.py runs once per backend in BACKENDS. A backend is a
+`Backend`: it opens a Store on its own empty database, and can open another Store on
+that same database (to check durability and crash recovery) or a read-only one.
+
+Adding PostgreSQL: uncomment the "postgresql" entry of BACKENDS once bridge/store/postgres.py
+exists. Its branch in `backend` below already skips, with a reason, when
+VOXYS_BRIDGE_TEST_POSTGRES_DSN is unset; when it is set, `_postgres_backend` must hand
+each test an empty database (for instance a fresh schema named after the test).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bridge.models import Evaluation, Event, LeadStatus, Outcome, Transition, Unmapped
+from bridge.store import open_store
+from bridge.store.base import Store
+
+POSTGRES_DSN_ENV = "VOXYS_BRIDGE_TEST_POSTGRES_DSN"
+
+BACKENDS = [
+    "sqlite",
+    # pytest.param("postgresql", marks=pytest.mark.postgres),  # issue 6
+]
+
+T0 = 1_700_000_000.0  # the tests' clock starts here; every time is passed in explicitly
+
+
+@dataclass
+class Backend:
+    """Opens Stores on one test database: `url` read-write, `read_only_url` read-only."""
+
+    name: str
+    url: str
+    read_only_url: str
+    opened: list[Store] = field(default_factory=list)
+
+    async def open(self, *, read_only: bool = False) -> Store:
+        store = open_store(self.read_only_url if read_only else self.url)
+        await store.open()
+        self.opened.append(store)
+        return store
+
+    async def close_all(self) -> None:
+        for store in reversed(self.opened):
+            await store.close()  # closing twice is harmless
+
+
+def _sqlite_backend(tmp_path: Path) -> Backend:
+    db = tmp_path / "bridge.db"  # absolute, so the URL has four slashes
+    return Backend("sqlite", f"sqlite:///{db}", f"sqlite:///{db}?mode=ro")
+
+
+def _postgres_backend(dsn: str, test_name: str) -> Backend:
+    # Give each test its own empty database or schema here (see the module docstring).
+    raise NotImplementedError("PostgreSQL contract backend: see tests/store/conftest.py")
+
+
+@pytest.fixture(params=BACKENDS)
+async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
+    name: str = request.param
+    if name == "sqlite":
+        made = _sqlite_backend(tmp_path)
+    elif name == "postgresql":
+        dsn = os.environ.get(POSTGRES_DSN_ENV)
+        if not dsn:
+            pytest.skip(f"{POSTGRES_DSN_ENV} is unset: no PostgreSQL to test against")
+        made = _postgres_backend(dsn, request.node.name)
+    else:
+        raise AssertionError(f"unknown backend {name!r}")
+    try:
+        yield made
+    finally:
+        await made.close_all()
+
+
+@pytest.fixture
+async def store(backend: Backend) -> Store:
+    """An open Store on an empty database; closed after the test."""
+    return await backend.open()
+
+
+# --- builders -------------------------------------------------------------------------
+
+
+class Events:
+    """Builds events with unique ids and matching evaluations."""
+
+    def __init__(self) -> None:
+        self._n = 0
+
+    def event(
+        self,
+        *,
+        source: str = "stripe",
+        event_id: str | None = None,
+        occurred_at: float = T0,
+        received_at: float | None = None,
+        payload: Any = None,
+        headers: dict[str, str] | None = None,
+    ) -> Event:
+        self._n += 1
+        return Event(
+            source=source,
+            event_id=event_id or f"evt_{self._n}",
+            occurred_at=occurred_at,
+            received_at=occurred_at if received_at is None else received_at,
+            payload={"n": self._n} if payload is None else payload,
+            headers={"content-type": "application/json"} if headers is None else headers,
+        )
+
+    def matched(
+        self,
+        *,
+        lead_id: int = 1,
+        account_id: int = 7,
+        status: LeadStatus = LeadStatus.WON,
+        occurred_at: float = T0,
+        received_at: float | None = None,
+        event_id: str | None = None,
+        source: str = "stripe",
+        rule: str = "paid",
+        notes: str | None = None,
+    ) -> tuple[Event, Evaluation]:
+        """An event whose one rule queues one transition for (account_id, lead_id)."""
+        event = self.event(
+            source=source, event_id=event_id, occurred_at=occurred_at, received_at=received_at
+        )
+        transition = Transition(rule, account_id, lead_id, status, notes)
+        return event, Evaluation(Outcome.MATCHED, (transition,), (), (rule,))
+
+    def ignored(self, *, received_at: float = T0) -> tuple[Event, Evaluation]:
+        return self.event(received_at=received_at), Evaluation(Outcome.IGNORED)
+
+    def unmapped(self, *, reason: str = "lead_id is not an integer") -> tuple[Event, Evaluation]:
+        miss = Unmapped("paid", reason)
+        return self.event(), Evaluation(Outcome.UNMAPPED, (), (miss,), ())
+
+
+@pytest.fixture
+def events() -> Events:
+    return Events()
