@@ -97,6 +97,22 @@ class Source(ABC):
     def verify(self, request: WebhookRequest, now: float) -> None:
         """Raise `Unauthorized` unless the request is authentic and fresh at `now`."""
 
+    def sign(
+        self,
+        body: bytes,
+        *,
+        now: float,
+        path: str,
+        query_string: str = "",
+        content_type: str = "application/json",
+    ) -> dict[str, str]:
+        """The headers a genuine sender attaches to `body` at `now` so that `verify` accepts it.
+
+        `path` and `query_string` are what this bridge will receive (some schemes sign
+        the URL); the first configured secret signs. Includes `Content-Type`.
+        """
+        raise NotImplementedError(f"preset {self.preset} cannot sign requests")
+
     @abstractmethod
     def parse(self, request: WebhookRequest, received_at: float) -> list[Event]:
         """Split a verified request into events; raise `BadRequest` when it is malformed."""

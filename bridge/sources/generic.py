@@ -23,15 +23,19 @@ accepts anyone and is refused unless `allow_unsigned: true`.
 - `token`: `header` (after an optional `prefix` such as "Bearer ") or `query` parameter
   equals the secret.
 
+`sign` (for `voxys-bridge send`) returns headers only; a token carried in the query is
+added by `signed_query`, which a sender applies to the query string before signing.
+
 Templates see `event` (the decoded body) and `headers` (without credentials).
 """
 
 from __future__ import annotations
 
+import base64
 import string
 from collections.abc import Callable
 from typing import Annotated, Any, ClassVar, Literal
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, urlencode
 
 import jinja2
 from jinja2.sandbox import SandboxedEnvironment
@@ -147,6 +151,7 @@ class GenericSource(Source):
         if not isinstance(settings, GenericSettings):
             raise TypeError("GenericSource needs GenericSettings")
         self.config = settings
+        self._signed_parts: list[str | tuple[str]] = []
         self._verify = self._build_verifier(settings)
         self._event_id = _compile(settings.event_id, "event_id") if settings.event_id else None
         self._occurred_at = (
@@ -189,6 +194,7 @@ class GenericSource(Source):
             raise ConfigError(str(exc), key="verify.signed") from exc
         if ("timestamp",) in parts and not verify.timestamp_header:
             raise ConfigError("{timestamp} needs verify.timestamp_header", key="verify.signed")
+        self._signed_parts = parts
 
         def check(request: WebhookRequest, now: float) -> None:
             header = require_header(request, verify.header)
@@ -203,14 +209,12 @@ class GenericSource(Source):
                 seconds = epoch_seconds(timestamp, "auto")
                 if seconds is None:
                     raise Unauthorized(f"malformed {verify.timestamp_header} header")
-            values = {
-                "body": request.body,
-                "timestamp": timestamp.encode("utf-8"),
-                "method": request.method.upper().encode("utf-8"),
-                "url": self._url(request).encode("utf-8"),
-            }
-            message = b"".join(
-                values[p[0]] if isinstance(p, tuple) else p.encode("utf-8") for p in parts
+            message = _signed_message(
+                parts,
+                body=request.body,
+                timestamp=timestamp,
+                method=request.method.upper(),
+                url=self._url(request.path, request.query_string),
             )
             expected = [hmac_digest(k, message, verify.algorithm) for k in keys]
             if not matches_any(expected, [signature]):
@@ -220,9 +224,55 @@ class GenericSource(Source):
 
         return check
 
-    def _url(self, request: WebhookRequest) -> str:
-        query = f"?{request.query_string}" if request.query_string else ""
-        return f"{self.public_url}{request.path}{query}"
+    def _url(self, path: str, query_string: str) -> str:
+        query = f"?{query_string}" if query_string else ""
+        return f"{self.public_url}{path}{query}"
+
+    def sign(
+        self,
+        body: bytes,
+        *,
+        now: float,
+        path: str,
+        query_string: str = "",
+        content_type: str = "application/json",
+    ) -> dict[str, str]:
+        """Headers per `verify:`; a query token is not among them (see `signed_query`)."""
+        verify = self.config.verify
+        headers = {"Content-Type": content_type}
+        if isinstance(verify, HmacVerify):
+            timestamp = ""
+            if verify.timestamp_header:
+                timestamp = str(int(now))
+                headers[verify.timestamp_header] = timestamp
+            message = _signed_message(
+                self._signed_parts,
+                body=body,
+                timestamp=timestamp,
+                method="POST",
+                url=self._url(path, query_string),
+            )
+            digest = hmac_digest(self._first_secret().encode("utf-8"), message, verify.algorithm)
+            text = digest.hex() if verify.encoding == "hex" else base64.b64encode(digest).decode()
+            headers[verify.header] = verify.prefix + text
+        elif isinstance(verify, BasicVerify):
+            pair = f"{verify.username}:{verify.password.get_secret_value()}".encode()
+            headers["Authorization"] = "Basic " + base64.b64encode(pair).decode("ascii")
+        elif isinstance(verify, TokenVerify) and verify.header is not None:
+            headers[verify.header] = verify.prefix + self._first_secret()
+        return headers
+
+    def signed_query(self, query_string: str = "") -> str:
+        """The query a sender uses: `query_string`, plus the token when `verify.query` holds it."""
+        verify = self.config.verify
+        if not isinstance(verify, TokenVerify) or verify.query is None:
+            return query_string
+        token = urlencode({verify.query: self._first_secret()})
+        return f"{query_string}&{token}" if query_string else token
+
+    def _first_secret(self) -> str:
+        assert self.config.secret is not None  # hmac and token need one, checked at build
+        return self.config.secret[0].get_secret_value()
 
     def startup_warnings(self) -> list[str]:
         if isinstance(self.config.verify, NoneVerify):
@@ -258,6 +308,19 @@ class GenericSource(Source):
                 headers=headers,
             )
         ]
+
+
+def _signed_message(
+    parts: list[str | tuple[str]], *, body: bytes, timestamp: str, method: str, url: str
+) -> bytes:
+    """The bytes an `hmac` signature covers: the `signed` template filled in."""
+    values = {
+        "body": body,
+        "timestamp": timestamp.encode("utf-8"),
+        "method": method.encode("utf-8"),
+        "url": url.encode("utf-8"),
+    }
+    return b"".join(values[p[0]] if isinstance(p, tuple) else p.encode("utf-8") for p in parts)
 
 
 def _token_verifier(

@@ -10,6 +10,7 @@ what a proxy forwarded, with the guide's listed percent-escapes decoded.
 
 from __future__ import annotations
 
+import base64
 import re
 from typing import Any, ClassVar
 
@@ -112,6 +113,26 @@ class HubSpotSource(Source):
         if not matches_any(expected, [signature]):
             raise Unauthorized("signature mismatch")
         check_freshness(timestamp_ms / 1000.0, now, self._tolerance)
+
+    def sign(
+        self,
+        body: bytes,
+        *,
+        now: float,
+        path: str,
+        query_string: str = "",
+        content_type: str = "application/json",
+    ) -> dict[str, str]:
+        """v3 headers for a POST to `server.public_url` + path, signed with the first secret."""
+        timestamp = str(int(now * 1000))
+        uri = signed_uri(self.public_url, path, query_string)
+        message = f"POST{uri}".encode() + body + timestamp.encode("ascii")
+        signature = base64.b64encode(hmac_digest(self._keys[0], message)).decode("ascii")
+        return {
+            "Content-Type": content_type,
+            SIGNATURE_HEADER: signature,
+            TIMESTAMP_HEADER: timestamp,
+        }
 
     def parse(self, request: WebhookRequest, received_at: float) -> list[Event]:
         payload = decode_body(request)

@@ -13,6 +13,7 @@ set on the webhook as `Authorization: Basic` (Pipedrive "Guide for Webhooks").
 
 from __future__ import annotations
 
+import base64
 from typing import Any, ClassVar
 
 from bridge.errors import BadRequest
@@ -54,6 +55,21 @@ class PipedriveSource(Source):
 
     def verify(self, request: WebhookRequest, now: float) -> None:
         check_basic_auth(request, self._credentials)
+
+    def sign(
+        self,
+        body: bytes,
+        *,
+        now: float,
+        path: str,
+        query_string: str = "",
+        content_type: str = "application/json",
+    ) -> dict[str, str]:
+        """`Authorization: Basic` with the configured credentials, as Pipedrive sends it."""
+        credentials = self._credentials
+        pair = f"{credentials.username}:{credentials.password.get_secret_value()}"
+        authorization = "Basic " + base64.b64encode(pair.encode("utf-8")).decode("ascii")
+        return {"Content-Type": content_type, "Authorization": authorization}
 
     def parse(self, request: WebhookRequest, received_at: float) -> list[Event]:
         payload = decode_body(request)

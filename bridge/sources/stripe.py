@@ -79,6 +79,20 @@ class StripeSource(Source):
             raise Unauthorized("signature mismatch")
         check_freshness(timestamp, now, self._tolerance)
 
+    def sign(
+        self,
+        body: bytes,
+        *,
+        now: float,
+        path: str,
+        query_string: str = "",
+        content_type: str = "application/json",
+    ) -> dict[str, str]:
+        """`Stripe-Signature: t=<now>,v1=<hex HMAC of "t.body">` under the first secret."""
+        timestamp = int(now)
+        signature = hmac_digest(self._keys[0], f"{timestamp}.".encode() + body).hex()
+        return {"Content-Type": content_type, HEADER: f"t={timestamp},v1={signature}"}
+
     def parse(self, request: WebhookRequest, received_at: float) -> list[Event]:
         payload = decode_body(request)
         if not isinstance(payload, dict):
