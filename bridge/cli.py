@@ -96,6 +96,18 @@ def cmd_healthcheck(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
+def cmd_send(args: argparse.Namespace) -> int:
+    from bridge import send
+
+    return send.run(args.config, args.source, args.payload, args.url, sys.stdout, sys.stderr)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from bridge import demo
+
+    return demo.run(keep=args.keep)
+
+
 def cmd_sandbox(args: argparse.Namespace) -> int:
     """A fake Voxys API on loopback: try rules without touching real leads."""
     import asyncio
@@ -175,6 +187,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_dry_run)
     p = sub.add_parser(
+        "demo",
+        help="run the shipped config against a local Voxys sandbox with every example",
+        description="Starts a Voxys sandbox and the bridge on a temporary store, posts every "
+        "signed example payload and prints each lead-status change as it lands.",
+    )
+    p.add_argument("--keep", action="store_true", help="keep running; print URLs and secrets")
+    p.set_defaults(func=cmd_demo)
+    p = sub.add_parser(
         "sandbox",
         help="run a fake Voxys API on loopback to try rules safely",
         description="A fake Voxys API: the status endpoint with its auth, 404, 422 and 429.",
@@ -203,6 +223,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="answer 429 with Retry-After beyond this rate, e.g. 10/1",
     )
     p.set_defaults(func=cmd_sandbox)
+    p = command("send", "sign a payload file as its provider would and POST it to a bridge")
+    p.add_argument("--source", required=True, help="the source key whose signature to use")
+    p.add_argument("payload", help="a payload file, as the provider would POST it")
+    p.add_argument(
+        "--url", help="where to POST (default: http://127.0.0.1:<server.port>/webhooks/<source>)"
+    )
+    p.set_defaults(func=cmd_send)
     p = command("healthcheck", "exit 0 when the local server answers /healthz")
     p.add_argument("--url", help="the health URL (default: 127.0.0.1 on server.port)")
     p.add_argument("--timeout", type=float, default=3.0, help="seconds (default: %(default)s)")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -11,14 +12,14 @@ from typing import Any
 import pytest
 
 from bridge.bundle import load_bundle
-from bridge.config import RetryConfig
+from bridge.config import RateLimit, RetryConfig
 from bridge.delivery import Action, AuthPause, Deliverer, backoff, decide
 from bridge.fakevoxys import Answer, FakeVoxys
 from bridge.ingest import Runtime
 from bridge.models import Evaluation, Event, LeadStatus, Outcome, Transition
 from bridge.store.base import QueuedTransition
 from bridge.store.sqlite import SqliteStore
-from bridge.voxys import Reply, Verdict, VoxysClient, classify, parse_retry_after
+from bridge.voxys import Pacer, Reply, Verdict, VoxysClient, classify, parse_retry_after
 from tests.conftest import VOXYS_TOKEN, WriteConfig
 
 NOW = 1_700_000_000.0
@@ -407,11 +408,54 @@ async def test_a_429_with_retry_after_pauses_the_token_without_using_an_attempt(
     assert (entry.state, entry.attempts, entry.next_attempt_at) == ("pending", 0, NOW + 120)
 
 
-async def test_paced_client_keeps_to_the_rate_in_every_window(harness: Factory) -> None:
-    h = await harness(rate=True)
-    # BASE_CONFIG allows 1000 req/s; 120 sends paced take ~0.12 s.
-    for lead in range(1, 121):
-        await h.queue(lead, LeadStatus.WON)
-    h.start()
-    await h.until(lambda: len(h.fake.calls) == 120)
-    assert h.fake.max_in_window(0.1) <= 100
+def max_in_window(times: list[float], window: float) -> int:
+    """The most timestamps in any half-open window [t, t + window)."""
+    times = sorted(times)
+    best, lo = 0, 0
+    for hi, t in enumerate(times):
+        while times[lo] <= t - window:
+            lo += 1
+        best = max(best, hi - lo + 1)
+    return best
+
+
+async def test_the_pacer_never_exceeds_the_limit_in_any_window_yet_keeps_up_with_it() -> None:
+    pacer = Pacer(RateLimit(requests=20, per_seconds=0.5))
+    sent: list[float] = []
+
+    async def send(n: int) -> None:
+        for _ in range(n):
+            await pacer.acquire()
+            sent.append(time.monotonic())
+
+    await asyncio.gather(*(send(10) for _ in range(6)))  # a backlog of 60, 6 senders
+    assert max_in_window(sent, 0.5) <= 20
+    achieved = (len(sent) - 1) / (sent[-1] - sent[0])
+    assert achieved >= 0.9 * 40  # the limit is 40/s
+
+
+async def test_after_an_idle_spell_the_pacer_does_not_let_a_burst_through() -> None:
+    pacer = Pacer(RateLimit(requests=10, per_seconds=0.3))
+    sent: list[float] = []
+    for _ in range(10):
+        await pacer.acquire()
+        sent.append(time.monotonic())
+    await asyncio.sleep(0.35)  # idle: a full-size token bucket would refill here
+    for _ in range(10):
+        await pacer.acquire()
+        sent.append(time.monotonic())
+    assert max_in_window(sent, 0.3) <= 10
+
+
+async def test_a_429_halves_the_pace_and_successes_win_it_back() -> None:
+    now = [0.0]
+    pacer = Pacer(RateLimit(requests=10, per_seconds=1), clock=lambda: now[0])
+    assert pacer.interval == pytest.approx(0.1005)
+    pacer.throttled()
+    assert pacer.interval == pytest.approx(0.201)
+    now[0] += 0.5
+    pacer.succeeded()  # within a window of the decrease: no change yet
+    assert pacer.interval == pytest.approx(0.201)
+    now[0] += 1.0
+    pacer.succeeded()
+    assert pacer.fraction == pytest.approx(0.6)

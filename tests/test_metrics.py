@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import pytest
 from aiohttp.test_utils import TestClient
 
@@ -15,10 +13,10 @@ from tests.conftest import STRIPE_SECRET, VOXYS_TOKEN, WriteConfig, stripe_event
 
 
 @pytest.fixture
-async def client(write_config: WriteConfig, aiohttp_client) -> AsyncIterator[TestClient]:
+async def client(write_config: WriteConfig, aiohttp_client) -> TestClient:
     bundle = load_bundle(write_config())
     runtime = Runtime(bundle=bundle, store=open_store(bundle.config.storage.url))
-    yield await aiohttp_client(create_app(runtime))
+    return await aiohttp_client(create_app(runtime))
 
 
 async def metrics_text(client: TestClient) -> str:
@@ -30,7 +28,8 @@ async def metrics_text(client: TestClient) -> str:
 
 async def test_received_rejected_and_outcomes_are_counted(client: TestClient) -> None:
     body = stripe_event("evt_m1", lead_id=3)
-    assert (await client.post("/webhooks/stripe", data=body, headers=stripe_headers(body))).status == 200
+    resp = await client.post("/webhooks/stripe", data=body, headers=stripe_headers(body))
+    assert resp.status == 200
     bad = stripe_headers(body, secret="whsec_wrong")
     assert (await client.post("/webhooks/stripe", data=body, headers=bad)).status == 401
     text = await metrics_text(client)

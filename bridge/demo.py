@@ -1,0 +1,242 @@
+"""`voxys-bridge demo`: the shipped config, a local Voxys sandbox and every example, in one process.
+
+It runs the real thing, not a mock-up: `config/bridge.yaml` with its rules and lookups,
+loaded with freshly generated secrets; the bridge server on loopback with a temporary
+SQLite store and its delivery worker; the Voxys sandbox (`bridge.fakevoxys`) in place
+of the real API. Each `examples/<preset>/*.json` payload is signed the way its provider
+signs and posted; each PATCH is printed as the sandbox receives it, then a summary.
+Nothing leaves the machine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import secrets
+import socket
+import sys
+import tempfile
+import time
+from base64 import b64encode
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+import aiohttp
+from aiohttp import web
+
+import bridge
+from bridge import logs
+from bridge.bundle import Bundle, load_bundle
+from bridge.errors import ConfigErrors
+from bridge.fakevoxys import Call, FakeVoxys
+from bridge.ingest import Runtime
+from bridge.serve import build
+
+SETTLE_TIMEOUT_S = 60.0
+
+
+def find_project(start: Path | None = None) -> Path | None:
+    """The directory holding `config/bridge.yaml` and `examples/`: a checkout of the project."""
+    candidates = []
+    if home := os.environ.get("VOXYS_BRIDGE_HOME"):
+        candidates.append(Path(home))
+    candidates += [start or Path.cwd(), Path(bridge.__file__).resolve().parent.parent]
+    for directory in candidates:
+        if (directory / "config" / "bridge.yaml").is_file() and (directory / "examples").is_dir():
+            return directory
+    return None
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def demo_environment(port: int, voxys_url: str, token: str, workdir: Path) -> dict[str, str]:
+    """Every variable config/bridge.yaml reads, with secrets generated for this run."""
+    return {
+        "BRIDGE_HOST": "127.0.0.1",
+        "BRIDGE_PORT": str(port),
+        "BRIDGE_PUBLIC_URL": f"http://127.0.0.1:{port}",
+        "BRIDGE_STORAGE_URL": f"sqlite:///{workdir / 'demo.db'}",
+        "BRIDGE_ADMIN_TOKEN": "demo-admin-" + secrets.token_hex(8),
+        "VOXYS_BASE_URL": voxys_url,
+        "VOXYS_API_TOKEN": token,
+        "VOXYS_ACCOUNT_ID": "1",
+        "STRIPE_WEBHOOK_SECRET": "whsec_" + secrets.token_hex(16),
+        "HUBSPOT_CLIENT_SECRET": secrets.token_hex(16),
+        "PIPEDRIVE_PASSWORD": secrets.token_hex(12),
+        "BILLING_WEBHOOK_SECRET": "whsec_" + b64encode(secrets.token_bytes(24)).decode(),
+    }
+
+
+@dataclass
+class Sent:
+    file: str
+    source: str
+    status: int
+    answer: str
+
+
+class Printer:
+    """Rows as they land: a rich table on a terminal, JSON lines otherwise."""
+
+    def __init__(self, out: TextIO) -> None:
+        self.out = out
+        self.console: Any = None
+        if out.isatty():
+            from rich.console import Console
+
+            self.console = Console(file=out)
+
+    def row(self, kind: str, **fields: Any) -> None:
+        if self.console is None:
+            self.out.write(json.dumps({"kind": kind, **fields}) + "\n")
+            self.out.flush()
+            return
+        if kind == "webhook":
+            style = "green" if fields["status"] < 300 else "red"
+            self.console.print(
+                f"[dim]webhook[/] {fields['source']:<10} {fields['file']:<58} "
+                f"[{style}]{fields['status']}[/] {fields['answer']}",
+                highlight=False,
+            )
+        elif kind == "patch":
+            style = "green" if (fields["answered"] or 0) < 300 else "red"
+            self.console.print(
+                f"[bold]PATCH[/]   {fields['path']:<40} {json.dumps(fields['body']):<40} "
+                f"[{style}]{fields['answered']}[/]",
+                highlight=False,
+            )
+
+    def summary(self, data: dict[str, Any]) -> None:
+        if self.console is None:
+            self.out.write(json.dumps({"kind": "summary", **data}) + "\n")
+            return
+        from rich.table import Table
+
+        table = Table(title="voxys-bridge demo", show_header=False)
+        for key, value in data.items():
+            table.add_row(key, json.dumps(value) if isinstance(value, dict) else str(value))
+        self.console.print(table)
+
+
+async def post_examples(
+    bundle: Bundle, project: Path, base_url: str, printer: Printer
+) -> list[Sent]:
+    """Sign and post every example payload to the source whose preset names its directory."""
+    by_preset = {source.preset: key for key, source in bundle.sources.items()}
+    sent: list[Sent] = []
+    async with aiohttp.ClientSession() as session:
+        for file in sorted((project / "examples").glob("*/*.json")):
+            key = by_preset.get(file.parent.name)
+            if key is None:
+                continue
+            body = file.read_bytes()
+            path = f"/webhooks/{key}"
+            headers = bundle.sources[key].sign(body, now=time.time(), path=path)
+            async with session.post(base_url + path, data=body, headers=headers) as resp:
+                answer = (await resp.text())[:120]
+                item = Sent(f"{file.parent.name}/{file.name}", key, resp.status, answer)
+            sent.append(item)
+            printer.row("webhook", **item.__dict__)
+    return sent
+
+
+async def settle(runtime: Runtime, within: float) -> bool:
+    """Wait until nothing is pending or in flight (the worker wakes on each stored event)."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        stats = await runtime.store.stats(time.time())
+        if stats.transitions["pending"] == 0 and stats.transitions["in_flight"] == 0:
+            return True
+        await asyncio.sleep(0.1)
+    return False
+
+
+async def run_demo(project: Path, out: TextIO, *, keep: bool) -> int:
+    printer = Printer(out)
+    with tempfile.TemporaryDirectory(prefix="voxys-bridge-demo-") as tmp:
+        token = "demo-voxys-" + secrets.token_hex(8)
+        sandbox = FakeVoxys(tokens=token)
+        voxys_url = await sandbox.start()
+        port = free_port()
+        env = demo_environment(port, voxys_url, token, Path(tmp))
+        os.environ.update(env)
+
+        def landed(call: Call) -> None:
+            printer.row("patch", path=call.path, body=call.body, answered=call.status)
+
+        sandbox.on_call = landed
+        config_path = project / "config" / "bridge.yaml"
+        try:
+            bundle = load_bundle(config_path)
+        except ConfigErrors as exc:
+            for error in exc.errors:
+                print(f"error: {error}", file=sys.stderr)
+            await sandbox.stop()
+            return 2
+        logs.configure(level="warning", fmt="json", secrets=bundle.secrets())
+        app, runtime = build(bundle, config_path=str(config_path))
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        try:
+            sent = await post_examples(bundle, project, f"http://127.0.0.1:{port}", printer)
+            settled = await settle(runtime, SETTLE_TIMEOUT_S)
+            stats = await runtime.store.stats(time.time())
+            answered = Counter(str(s.status) for s in sent)
+            printer.summary(
+                {
+                    "webhooks": len(sent),
+                    "answers": dict(answered),
+                    "events": stats.events,
+                    "transitions": {k: v for k, v in stats.transitions.items() if v},
+                    "patches_received_by_sandbox": len(sandbox.calls),
+                    "settled": settled,
+                }
+            )
+            ok = settled and all(s.status < 300 for s in sent) and sent
+            if keep:
+                print_keep(out, env, port, voxys_url, config_path)
+                await asyncio.Event().wait()  # until Ctrl-C
+            return 0 if ok else 1
+        finally:
+            await runner.cleanup()
+            await sandbox.stop()
+
+
+def print_keep(out: TextIO, env: dict[str, str], port: int, voxys_url: str, config: Path) -> None:
+    """What to try by hand while everything keeps running (these secrets live for this run)."""
+    lines = [
+        "",
+        f"bridge   http://127.0.0.1:{port}   (POST /webhooks/<source>, GET /metrics)",
+        f"sandbox  {voxys_url}",
+        "Everything keeps running until Ctrl-C. In another shell:",
+        "  " + " ".join(f"{k}={v}" for k, v in sorted(env.items())) + " \\",
+        f"  voxys-bridge send --config {config} --source stripe "
+        "examples/stripe/checkout.session.completed-paid.json",
+        f"  curl -H 'Authorization: Bearer {env['BRIDGE_ADMIN_TOKEN']}' "
+        f"http://127.0.0.1:{port}/admin/stats",
+    ]
+    out.write("\n".join(lines) + "\n")
+    out.flush()
+
+
+def run(keep: bool, out: TextIO = sys.stdout) -> int:
+    project = find_project()
+    if project is None:
+        print(
+            "error: the demo runs the shipped config/bridge.yaml and examples/; run it from "
+            "the voxys-bridge project directory (or set VOXYS_BRIDGE_HOME to it)",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        return asyncio.run(run_demo(project, out, keep=keep))
+    except KeyboardInterrupt:
+        return 0

@@ -1,0 +1,136 @@
+"""The real console script: serve, SIGKILL durability, SIGTERM, and `check` messages."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from bridge.store import open_store
+from tests.conftest import WriteConfig, free_port, stripe_event, stripe_headers
+
+pytestmark = pytest.mark.slow
+
+SCRIPT = str(Path(sys.executable).parent / "voxys-bridge")
+
+
+def wait_until_healthy(port: int, proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
+    """Poll /healthz; a readiness probe, not a sleep: it returns as soon as the server answers."""
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"server exited with {proc.returncode}: {proc.stderr.read()!r}")  # type: ignore[union-attr]
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as resp:
+                if resp.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.05)
+    raise AssertionError("server did not become healthy")
+
+
+@pytest.fixture
+def server(write_config: WriteConfig) -> Iterator[tuple[subprocess.Popen[bytes], int, Path]]:
+    port = free_port()
+    config = write_config(port=port)
+    proc = subprocess.Popen(
+        [SCRIPT, "serve", "--config", str(config)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=os.environ.copy(),
+    )
+    try:
+        wait_until_healthy(port, proc)
+        yield proc, port, config
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        proc.stdout.close()  # type: ignore[union-attr]
+        proc.stderr.close()  # type: ignore[union-attr]
+
+
+async def post_events(port: int, ids: list[str]) -> list[int]:
+    async with aiohttp.ClientSession() as session:
+
+        async def post(event_id: str) -> int:
+            body = stripe_event(event_id, lead_id=5)
+            async with session.post(
+                f"http://127.0.0.1:{port}/webhooks/stripe", data=body, headers=stripe_headers(body)
+            ) as resp:
+                return resp.status
+
+        return list(await asyncio.gather(*(post(i) for i in ids)))
+
+
+async def test_every_event_answered_200_survives_a_sigkill_right_after(server) -> None:
+    proc, port, config = server
+    ids = [f"evt_kill_{i}" for i in range(40)]
+    statuses = await post_events(port, ids)
+    proc.send_signal(signal.SIGKILL)  # no chance to flush or close anything
+    proc.wait()
+    assert statuses == [200] * len(ids)
+    store = open_store(f"sqlite:///{config.parent / 'bridge.db'}")
+    await store.open()
+    try:
+        stored = {s.event.event_id for s in await store.events_for_replay(since=0.0)}
+    finally:
+        await store.close()
+    assert set(ids) <= stored
+
+
+async def test_sigterm_finishes_and_exits_0_with_json_logs(server) -> None:
+    proc, port, _ = server
+    assert await post_events(port, ["evt_term"]) == [200]
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=20) == 0
+    out = proc.stdout.read().decode()  # type: ignore[union-attr]
+    assert '"event": "webhook.received"' in out
+    assert '"event": "bridge.stopped"' in out
+    assert "whsec_" not in out and "voxys-token" not in out
+
+
+def test_check_prints_a_summary_of_a_valid_config(write_config: WriteConfig) -> None:
+    result = subprocess.run(
+        [SCRIPT, "check", "--config", str(write_config())],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "POST /webhooks/stripe" in result.stdout
+    assert "stripe-paid" in result.stdout
+
+
+def test_check_names_file_rule_and_key_without_a_traceback(write_config: WriteConfig) -> None:
+    config = write_config()
+    config.write_text(config.read_text().replace("status: won", "status: wonn"))
+    result = subprocess.run(
+        [SCRIPT, "check", "--config", str(config)], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 2
+    assert str(config) in result.stderr
+    assert "stripe-paid" in result.stderr
+    assert "status" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_missing_config_file_is_a_clear_error(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [SCRIPT, "check", "--config", str(tmp_path / "nope.yaml")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "nope.yaml" in result.stderr and "Traceback" not in result.stderr
