@@ -219,8 +219,10 @@ class Deliverer:
             return
         if allowed == 1:
             room = min(room, 1) if not self._tasks else 0
-        if room <= 0:
-            await self._sleep(IDLE_POLL_S)  # a finishing task wakes us
+        if room <= 0 or (self._tasks and room < voxys.max_in_flight // 2):
+            # Claim in batches: one claim (a store write) per free slot would cost a
+            # commit per transition. A finishing task wakes us.
+            await self._sleep(IDLE_POLL_S)
             return
         # Claim no more than one rate-limit window's worth: what is claimed waits in flight
         # for the pacer, and a transition waiting there cannot be coalesced any more.
