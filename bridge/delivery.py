@@ -270,8 +270,11 @@ class Deliverer:
 
     async def _send(self, t: QueuedTransition) -> None:
         metrics = self.runtime.metrics
+        pacer = self.client.pacer
+        waited = pacer.waited_s
         reply = await self.client.set_status(t.account_id, t.lead_id, t.status, t.notes)
         now = self.clock()
+        metrics.limiter_wait.inc(max(0.0, pacer.waited_s - waited))
         metrics.attempt(reply.status, reply.latency_s)
         decision = decide(t, reply, now=now, retry=self.config, rng=self.rng)
         attempt = t.attempts + 1

@@ -1,12 +1,14 @@
-"""The README's configuration table names every key of the config models."""
+"""The docs cannot drift: config keys, metric names and links are checked against the code."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from pydantic import BaseModel
 
 from bridge.config import Config
+from bridge.metrics import Metrics
 
 README = Path(__file__).parent.parent / "README.md"
 SCALAR_CONTAINERS = {"lookups", "sources", "rules"}  # documented as `lookups.<table>` etc.
@@ -36,3 +38,18 @@ def test_every_config_key_is_in_the_readme_reference() -> None:
 
 def test_the_reference_walks_nested_models() -> None:
     assert "voxys.retry.not_found.backoff" in leaf_keys(Config)
+
+
+def test_every_metric_in_the_operations_guide_exists_and_every_metric_is_documented() -> None:
+    text = (README.parent / "docs" / "operations.md").read_text()
+    documented = set(re.findall(r"`(bridge_[a-z_]+)`", text))
+    exposed = {metric.name for metric in Metrics().registry.collect()}
+    # prometheus-client names counters without `_total`; the text shows what is scraped.
+    documented = {name.removesuffix("_total") for name in documented}
+    assert documented == exposed
+
+
+def test_every_document_the_readme_links_to_exists() -> None:
+    links = re.findall(r"\]\(((?:docs|examples)/[^)#]+)\)", README.read_text())
+    assert links
+    assert [link for link in links if not (README.parent / link).exists()] == []
