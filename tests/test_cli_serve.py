@@ -134,3 +134,62 @@ def test_a_missing_config_file_is_a_clear_error(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert "nope.yaml" in result.stderr and "Traceback" not in result.stderr
+
+
+def start_server(config: Path, port: int) -> subprocess.Popen[bytes]:
+    proc = subprocess.Popen(
+        [SCRIPT, "serve", "--config", str(config)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env=os.environ.copy(),
+    )
+    wait_until_healthy(port, proc)
+    return proc
+
+
+async def test_transitions_not_confirmed_before_a_sigkill_are_sent_after_the_restart(
+    write_config: WriteConfig,
+) -> None:
+    from bridge.fakevoxys import FakeVoxys
+    from tests.conftest import VOXYS_TOKEN
+
+    fake = FakeVoxys(tokens=VOXYS_TOKEN)
+    fake.latency = 30.0  # every PATCH hangs: they are in flight when the process dies
+    url = await fake.start()
+    port = free_port()
+    config = write_config(port=port, voxys_url=url)
+    proc = start_server(config, port)
+    try:
+        leads = list(range(101, 106))
+        async with aiohttp.ClientSession() as session:
+            for lead in leads:
+                body = stripe_event(f"evt_sk_{lead}", lead_id=lead)
+                async with session.post(
+                    f"http://127.0.0.1:{port}/webhooks/stripe",
+                    data=body,
+                    headers=stripe_headers(body),
+                ) as resp:
+                    assert resp.status == 200
+
+        async def arrived(n: int) -> None:
+            while len(fake.calls) < n:
+                await asyncio.sleep(0.01)
+
+        await asyncio.wait_for(arrived(len(leads)), 20)  # all sent, none answered yet
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        proc.stderr.close()  # type: ignore[union-attr]
+        fake.latency = 0.0
+        before = len(fake.calls)
+        proc = start_server(config, port)
+
+        async def resent() -> None:
+            while {c.lead_id for c in fake.calls[before:] if c.status == 200} != set(leads):
+                await asyncio.sleep(0.01)
+
+        await asyncio.wait_for(resent(), 20)
+    finally:
+        proc.kill()
+        proc.wait()
+        proc.stderr.close()  # type: ignore[union-attr]
+        await fake.stop()
