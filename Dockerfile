@@ -18,7 +18,7 @@ RUN pip install --no-cache-dir /wheels/*.whl \
     && mkdir -p /data /etc/voxys-bridge \
     && chown bridge /data
 COPY config/ /etc/voxys-bridge/
-USER bridge
+USER 10001
 WORKDIR /data
 VOLUME ["/data"]
 EXPOSE 8080
