@@ -282,6 +282,7 @@ async def handle_stats(request: web.Request) -> web.Response:
     body = await stats(runtime.store, runtime.clock())
     # Delivery owns the auth pause; it may not be wired into this runtime.
     body["paused_tokens"] = runtime.paused_tokens()
+    body["delivery_role"] = runtime.delivery_role()
     return web.json_response(body)
 
 

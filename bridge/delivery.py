@@ -28,13 +28,17 @@ from aiohttp import web
 from bridge.config import RetryConfig
 from bridge.errors import StorageError
 from bridge.ingest import RUNTIME, Runtime
+from bridge.lease import Lease, lease_for
 from bridge.store.base import QueuedTransition
 from bridge.voxys import Reply, Verdict, VoxysClient, classify
+from bridge.wakeup import Wakeup, wakeup_for
 
 log = structlog.get_logger("bridge.delivery")
 
 STORE_RETRY_S: Final = 1.0  # wait after the store failed, before claiming again
 IDLE_POLL_S: Final = 30.0  # safety net: look for due work at least this often
+LEASE_RETRY_S: Final = 5.0  # a standby tries to take the delivery lease this often
+LEASE_CHECK_S: Final = 5.0  # the holder checks it still holds the lease this often
 
 
 class Action(StrEnum):
@@ -384,24 +388,91 @@ def _fields(t: QueuedTransition) -> dict[str, object]:
     }
 
 
-DELIVERER = web.AppKey("deliverer", Deliverer)
+class Leader:
+    """Delivers while this process holds the delivery lease; otherwise waits to take it over.
+
+    Each term of office runs a fresh `Deliverer`, which first recovers the claims of
+    whoever delivered before (at-least-once after a takeover).
+    """
+
+    def __init__(self, runtime: Runtime, client: VoxysClient, lease: Lease, wakeup: Wakeup) -> None:
+        self.runtime = runtime
+        self.client = client
+        self.lease = lease
+        self.wakeup = wakeup  # listened to while delivering
+        self.deliverer: Deliverer | None = None
+        runtime.on_stored.append(self.wake)
+        runtime.paused_tokens = self.paused_tokens
+        runtime.delivery_role = lambda: self.role
+
+    def wake(self, count: int = 0) -> None:
+        if self.deliverer is not None:
+            self.deliverer.wake(count)
+
+    def paused_tokens(self) -> int:
+        return self.deliverer.paused_tokens() if self.deliverer is not None else 0
+
+    @property
+    def role(self) -> str:
+        return "deliverer" if self.deliverer is not None else "standby"
+
+    async def run(self) -> None:
+        while True:
+            try:
+                acquired = await self.lease.try_acquire()
+            except StorageError as exc:
+                log.warning("delivery.lease_unavailable", error=str(exc))
+                acquired = False
+            if not acquired:
+                await asyncio.sleep(LEASE_RETRY_S)
+                continue
+            log.info("delivery.lease_acquired")
+            await self._term()
+
+    async def _term(self) -> None:
+        deliverer = self.deliverer = Deliverer(self.runtime, self.client)
+        task = asyncio.create_task(deliverer.run())
+        try:
+            try:
+                await self.wakeup.listen(deliverer.wake)
+            except (OSError, StorageError) as exc:  # the safety-net poll still finds work
+                log.warning("delivery.wakeup_unavailable", error=type(exc).__name__)
+            while not task.done():
+                await asyncio.wait({task}, timeout=LEASE_CHECK_S)
+                if not task.done() and not await self.lease.still_held():
+                    log.warning("delivery.lease_lost")
+                    break
+        finally:
+            await self.wakeup.close()
+            await deliverer.stop(self.runtime.bundle.config.voxys.timeout)
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            self.deliverer = None
+
+    async def close(self) -> None:
+        await self.lease.release()
+
+
+LEADER = web.AppKey("leader", Leader)
 
 
 async def delivery_hook(app: web.Application) -> AsyncIterator[None]:
-    """Run the worker for the server's lifetime (a cleanup context, after the store opens)."""
+    """Deliver for the server's lifetime when holding the lease (a cleanup context)."""
     runtime = app[RUNTIME]
     client = VoxysClient(runtime.bundle.config.voxys)
     await client.start()
-    deliverer = Deliverer(runtime, client)
-    app[DELIVERER] = deliverer
-    runtime.on_stored.append(deliverer.wake)
-    runtime.paused_tokens = deliverer.paused_tokens
-    task = asyncio.create_task(deliverer.run())
+    url = runtime.bundle.config.storage.url
+    leader = app[LEADER] = Leader(runtime, client, lease_for(url), wakeup_for(url))
+    publisher = wakeup_for(url)  # wakes the deliverer when it is another process
+    runtime.on_stored.append(lambda _count: publisher.publish())
+    task = asyncio.create_task(leader.run())
     try:
         yield
     finally:
-        await deliverer.stop(runtime.bundle.config.voxys.timeout)
-        task.cancel()
+        task.cancel()  # stops the current term: in-flight requests get voxys.timeout
         with contextlib.suppress(asyncio.CancelledError):
             await task
+        await leader.close()
+        await publisher.close()
         await client.close()

@@ -33,6 +33,7 @@ class Runtime:
     metrics: Metrics = field(default_factory=Metrics)
     on_stored: list[Callable[[int], None]] = field(default_factory=list)  # wakes delivery
     paused_tokens: Callable[[], int] = lambda: 0  # set by delivery: tokens Voxys refused
+    delivery_role: Callable[[], str] = lambda: "standby"  # "deliverer" while holding the lease
 
 
 RUNTIME = web.AppKey("runtime", Runtime)
