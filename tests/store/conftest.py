@@ -4,16 +4,16 @@ Every test in test_contract.py runs once per backend in BACKENDS. A backend is a
 `Backend`: it opens a Store on its own empty database, and can open another Store on
 that same database (to check durability and crash recovery) or a read-only one.
 
-Adding PostgreSQL: uncomment the "postgresql" entry of BACKENDS once bridge/store/postgres.py
-exists. Its branch in `backend` below already skips, with a reason, when
-VOXYS_BRIDGE_TEST_POSTGRES_DSN is unset; when it is set, `_postgres_backend` must hand
-each test an empty database (for instance a fresh schema named after the test).
+PostgreSQL runs when VOXYS_BRIDGE_TEST_POSTGRES_DSN names a database (skipped, with the
+reason, when it is unset): each test gets a fresh schema of its own in that database,
+created by the store's first `open` (`?schema=` in the URL) and dropped afterwards.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,7 +28,7 @@ POSTGRES_DSN_ENV = "VOXYS_BRIDGE_TEST_POSTGRES_DSN"
 
 BACKENDS = [
     "sqlite",
-    # pytest.param("postgresql", marks=pytest.mark.postgres),  # issue 6
+    pytest.param("postgresql", marks=pytest.mark.postgres),
 ]
 
 T0 = 1_700_000_000.0  # the tests' clock starts here; every time is passed in explicitly
@@ -42,6 +42,7 @@ class Backend:
     url: str
     read_only_url: str
     opened: list[Store] = field(default_factory=list)
+    teardown: Callable[[], Awaitable[None]] | None = None
 
     async def open(self, *, read_only: bool = False) -> Store:
         store = open_store(self.read_only_url if read_only else self.url)
@@ -50,8 +51,12 @@ class Backend:
         return store
 
     async def close_all(self) -> None:
-        for store in reversed(self.opened):
-            await store.close()  # closing twice is harmless
+        try:
+            for store in reversed(self.opened):
+                await store.close()  # closing twice is harmless
+        finally:
+            if self.teardown is not None:
+                await self.teardown()
 
 
 def _sqlite_backend(tmp_path: Path) -> Backend:
@@ -59,9 +64,39 @@ def _sqlite_backend(tmp_path: Path) -> Backend:
     return Backend("sqlite", f"sqlite:///{db}", f"sqlite:///{db}?mode=ro")
 
 
-def _postgres_backend(dsn: str, test_name: str) -> Backend:
-    # Give each test its own empty database or schema here (see the module docstring).
-    raise NotImplementedError("PostgreSQL contract backend: see tests/store/conftest.py")
+def postgres_url(dsn: str, schema: str, *, read_only: bool = False) -> str:
+    """`dsn` with the store's `schema` (and read-only mode) options added."""
+    joiner = "&" if "?" in dsn else "?"
+    return f"{dsn}{joiner}schema={schema}" + ("&mode=ro" if read_only else "")
+
+
+def fresh_schema() -> str:
+    """A schema name no other test uses."""
+    return f"t_{uuid.uuid4().hex}"
+
+
+async def drop_schema(dsn: str, schema: str) -> None:
+    import asyncpg  # only when PostgreSQL is tested
+
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    finally:
+        await conn.close()
+
+
+def _postgres_backend(dsn: str) -> Backend:
+    schema = fresh_schema()
+
+    async def teardown() -> None:
+        await drop_schema(dsn, schema)
+
+    return Backend(
+        "postgresql",
+        postgres_url(dsn, schema),
+        postgres_url(dsn, schema, read_only=True),
+        teardown=teardown,
+    )
 
 
 @pytest.fixture(params=BACKENDS)
@@ -73,7 +108,7 @@ async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
         dsn = os.environ.get(POSTGRES_DSN_ENV)
         if not dsn:
             pytest.skip(f"{POSTGRES_DSN_ENV} is unset: no PostgreSQL to test against")
-        made = _postgres_backend(dsn, request.node.name)
+        made = _postgres_backend(dsn)
     else:
         raise AssertionError(f"unknown backend {name!r}")
     try:

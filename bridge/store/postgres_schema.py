@@ -1,0 +1,147 @@
+"""The PostgreSQL schema as numbered migrations, applied in order at open.
+
+`schema_migrations` has one row per migration applied. Every missing migration is
+applied in ONE transaction that first takes `pg_advisory_xact_lock(MIGRATION_LOCK)`:
+replicas starting at once queue on the lock, and each one that gets it re-reads the
+version, so each step is applied exactly once; DDL is transactional in PostgreSQL, so
+a crash mid-migration leaves the previous version intact. The tables mirror SQLite's
+(schema.py), with the same meaning; never edit a released migration: append one.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+from bridge.errors import StorageError
+
+# An arbitrary constant naming "bridge schema migration" among the database's advisory
+# locks; the lock is per database, so migrations of different schemas also queue on it.
+MIGRATION_LOCK: Final = 0x766F_7879_735F_6D67  # "voxys_mg"
+
+Migration = tuple[str, ...]
+
+MIGRATIONS: tuple[Migration, ...] = (
+    # 1: events, the transitions they cause, and per-lead queue state.
+    (
+        """
+        CREATE TABLE events (
+            pk bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            source text NOT NULL,
+            event_id text NOT NULL,
+            occurred_at double precision NOT NULL,
+            received_at double precision NOT NULL,
+            payload text NOT NULL,  -- JSON as text: keeps \\u0000, which jsonb refuses
+            headers text NOT NULL,  -- JSON object
+            outcome text NOT NULL,
+            rule text,
+            reason text,
+            UNIQUE (source, event_id)
+        )
+        """,
+        "CREATE INDEX events_outcome_received ON events (outcome, received_at, pk)",
+        "CREATE INDEX events_received ON events (received_at, pk)",
+        """
+        CREATE TABLE transitions (
+            id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,  -- never reused
+            event_pk bigint NOT NULL REFERENCES events (pk) ON DELETE CASCADE,
+            rule text NOT NULL,
+            account_id bigint NOT NULL,
+            lead_id bigint NOT NULL,
+            status text NOT NULL,
+            notes text,
+            occurred_at double precision NOT NULL,
+            created_at double precision NOT NULL,
+            state text NOT NULL CHECK (
+                state IN ('pending', 'in_flight', 'delivered', 'dead', 'superseded', 'stale')
+            ),
+            attempts integer NOT NULL DEFAULT 0,
+            not_found_attempts integer NOT NULL DEFAULT 0,
+            next_attempt_at double precision,
+            first_attempt_at double precision,
+            last_attempt_at double precision,
+            settled_at double precision,  -- when it became delivered, dead, superseded or stale
+            http_status integer,
+            reason text
+        )
+        """,
+        "CREATE INDEX transitions_lead"
+        " ON transitions (account_id, lead_id, state, occurred_at, id)",
+        "CREATE INDEX transitions_due ON transitions (state, next_attempt_at)",
+        "CREATE INDEX transitions_event ON transitions (event_pk)",
+        "CREATE INDEX transitions_dead ON transitions (settled_at, id) WHERE state = 'dead'",
+        # One row per lead ever seen; *_due_at cache when the lead can next be claimed
+        # without / with coalescing (see schema.py). The row is also the lead's lock:
+        # whoever changes a lead's transitions holds it (postgres_queue.py).
+        """
+        CREATE TABLE leads (
+            account_id bigint NOT NULL,
+            lead_id bigint NOT NULL,
+            last_delivered_at double precision,
+            first_due_at double precision,
+            last_due_at double precision,
+            PRIMARY KEY (account_id, lead_id)
+        )
+        """,
+        "CREATE INDEX leads_first_due ON leads (first_due_at) WHERE first_due_at IS NOT NULL",
+        "CREATE INDEX leads_last_due ON leads (last_due_at) WHERE last_due_at IS NOT NULL",
+        "CREATE TABLE meta (key text PRIMARY KEY, value bigint NOT NULL)",
+    ),
+)
+
+SCHEMA_VERSION: Final = len(MIGRATIONS)
+
+_VERSIONS = """
+    CREATE TABLE IF NOT EXISTS schema_migrations (
+        version integer PRIMARY KEY,
+        applied_at timestamptz NOT NULL DEFAULT now()
+    )
+"""
+
+
+async def schema_version(conn: Any) -> int:
+    """The number of migrations applied in the connection's current schema (0 if none)."""
+    exists = await conn.fetchval("SELECT to_regclass('schema_migrations') IS NOT NULL")
+    if not exists:
+        return 0
+    return int(await conn.fetchval("SELECT coalesce(max(version), 0) FROM schema_migrations"))
+
+
+def _too_new(version: int) -> StorageError:
+    return StorageError(
+        f"postgresql open: database schema version {version} is newer than this "
+        f"bridge's ({SCHEMA_VERSION}); upgrade the bridge"
+    )
+
+
+async def migrate(conn: Any, *, schema: str | None, read_only: bool = False) -> int:
+    """Apply the missing migrations under the advisory lock; return the version.
+
+    `schema` (already validated as an identifier) is created when missing. A read-only
+    store only checks that the schema is current.
+    """
+    if read_only:
+        version = await schema_version(conn)
+        if version > SCHEMA_VERSION:
+            raise _too_new(version)
+        if version < SCHEMA_VERSION:
+            raise StorageError(
+                f"postgresql open: database schema version {version} needs migrating to "
+                f"{SCHEMA_VERSION}, which a read-only store cannot do"
+            )
+        return version
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK)
+        if schema is not None:
+            await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
+            current = await conn.fetchval("SELECT current_schema()")
+            if current != schema:  # search_path is set from the same validated name
+                raise StorageError(f"postgresql open: search_path does not start at {schema}")
+        await conn.execute(_VERSIONS)
+        version = await schema_version(conn)
+        if version > SCHEMA_VERSION:
+            raise _too_new(version)
+        for number in range(version + 1, SCHEMA_VERSION + 1):
+            for statement in MIGRATIONS[number - 1]:
+                await conn.execute(statement)
+            await conn.execute("INSERT INTO schema_migrations (version) VALUES ($1)", number)
+    return SCHEMA_VERSION
