@@ -1,10 +1,11 @@
-"""`voxys-bridge demo`: the shipped config, a local Voxys sandbox and every example, in one process.
+"""`voxys-bridge demo`: every shipped provider, a local Voxys sandbox and every example.
 
-It runs the real thing, not a mock-up: `config/bridge.yaml` with its rules and lookups,
+It runs the real thing, not a mock-up: `examples/all-providers.yaml` (the shipped
+`config/bridge.yaml` sources and rules plus the other providers' example rules),
 loaded with freshly generated secrets; the bridge server on loopback with a temporary
 SQLite store and its delivery worker; the Voxys sandbox (`bridge.fakevoxys`) in place
-of the real API. Each `examples/<preset>/*.json` payload is signed the way its provider
-signs and posted; each PATCH is printed as the sandbox receives it, then a summary.
+of the real API. Each `examples/<preset>/*.json|xml` payload is signed the way its
+provider signs and posted; each PATCH is printed as the sandbox receives it, then a summary.
 Nothing leaves the machine.
 """
 
@@ -36,16 +37,18 @@ from bridge.ingest import Runtime
 from bridge.serve import build
 
 SETTLE_TIMEOUT_S = 60.0
+DEMO_CONFIG = Path("examples") / "all-providers.yaml"
+SALESFORCE_DEMO_ORG = "00D000000000001EAA"  # the organization of examples/salesforce/*.xml
 
 
 def find_project(start: Path | None = None) -> Path | None:
-    """The directory holding `config/bridge.yaml` and `examples/`: a checkout of the project."""
+    """The directory holding `config/` and `examples/`: a checkout of the project."""
     candidates = []
     if home := os.environ.get("VOXYS_BRIDGE_HOME"):
         candidates.append(Path(home))
     candidates += [start or Path.cwd(), Path(bridge.__file__).resolve().parent.parent]
     for directory in candidates:
-        if (directory / "config" / "bridge.yaml").is_file() and (directory / "examples").is_dir():
+        if (directory / DEMO_CONFIG).is_file() and (directory / "config" / "rules").is_dir():
             return directory
     return None
 
@@ -56,8 +59,24 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def ed25519_pair() -> tuple[str, str]:
+    """A fresh key pair (public PEM, private PEM) to stand in for HighLevel's."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    key = Ed25519PrivateKey.generate()
+    public = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    private = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    return public.decode(), private.decode()
+
+
 def demo_environment(port: int, voxys_url: str, token: str, workdir: Path) -> dict[str, str]:
-    """Every variable config/bridge.yaml reads, with secrets generated for this run."""
+    """Every variable examples/all-providers.yaml reads, with secrets generated for this run."""
+    public, private = ed25519_pair()
     return {
         "BRIDGE_HOST": "127.0.0.1",
         "BRIDGE_PORT": str(port),
@@ -71,6 +90,14 @@ def demo_environment(port: int, voxys_url: str, token: str, workdir: Path) -> di
         "HUBSPOT_CLIENT_SECRET": secrets.token_hex(16),
         "PIPEDRIVE_PASSWORD": secrets.token_hex(12),
         "BILLING_WEBHOOK_SECRET": "whsec_" + b64encode(secrets.token_bytes(24)).decode(),
+        "PADDLE_SECRET": "pdl_ntfset_" + secrets.token_hex(16),
+        "CHARGEBEE_PASSWORD": secrets.token_hex(12),
+        "SHOPIFY_CLIENT_SECRET": secrets.token_hex(16),
+        "CLOSE_SIGNATURE_KEY": secrets.token_hex(32),
+        "SALESFORCE_ORG_ID": SALESFORCE_DEMO_ORG,
+        "SALESFORCE_URL_TOKEN": secrets.token_urlsafe(16),
+        "HIGHLEVEL_PUBLIC_KEY": public,
+        "HIGHLEVEL_PRIVATE_KEY": private,
     }
 
 
@@ -125,6 +152,12 @@ class Printer:
         self.console.print(table)
 
 
+def example_payloads(project: Path) -> list[Path]:
+    """Every example request body: `examples/<preset>/*.json` and `*.xml` (Salesforce)."""
+    found = [*project.glob("examples/*/*.json"), *project.glob("examples/*/*.xml")]
+    return sorted(found)
+
+
 async def post_examples(
     bundle: Bundle, project: Path, base_url: str, printer: Printer
 ) -> list[Sent]:
@@ -132,14 +165,18 @@ async def post_examples(
     by_preset = {source.preset: key for key, source in bundle.sources.items()}
     sent: list[Sent] = []
     async with aiohttp.ClientSession() as session:
-        for file in sorted((project / "examples").glob("*/*.json")):
+        for file in example_payloads(project):
             key = by_preset.get(file.parent.name)
             if key is None:
                 continue
+            source = bundle.sources[key]
             body = file.read_bytes()
             path = f"/webhooks/{key}"
-            headers = bundle.sources[key].sign(body, now=time.time(), path=path)
-            async with session.post(base_url + path, data=body, headers=headers) as resp:
+            query = source.signed_query()
+            kind = {"content_type": "text/xml; charset=utf-8"} if file.suffix == ".xml" else {}
+            headers = source.sign(body, now=time.time(), path=path, query_string=query, **kind)
+            url = base_url + path + (f"?{query}" if query else "")
+            async with session.post(url, data=body, headers=headers) as resp:
                 answer = (await resp.text())[:120]
                 item = Sent(f"{file.parent.name}/{file.name}", key, resp.status, answer)
             sent.append(item)
@@ -172,7 +209,7 @@ async def run_demo(project: Path, out: TextIO, *, keep: bool) -> int:
             printer.row("patch", path=call.path, body=call.body, answered=call.status)
 
         sandbox.on_call = landed
-        config_path = project / "config" / "bridge.yaml"
+        config_path = project / DEMO_CONFIG
         try:
             bundle = load_bundle(config_path)
         except ConfigErrors as exc:
@@ -231,7 +268,7 @@ def run(keep: bool, out: TextIO = sys.stdout) -> int:
     project = find_project()
     if project is None:
         print(
-            "error: the demo runs the shipped config/bridge.yaml and examples/; run it from "
+            "error: the demo runs the shipped config/ and examples/; run it from "
             "the voxys-bridge project directory (or set VOXYS_BRIDGE_HOME to it)",
             file=sys.stderr,
         )

@@ -25,7 +25,6 @@ import aiohttp
 
 from bridge.cli import _load
 from bridge.sources.base import Source
-from bridge.sources.generic import GenericSource
 
 TIMEOUT_S = 10.0
 MAX_SHOWN_BODY = 2000  # characters of the answer printed
@@ -62,8 +61,7 @@ def run(
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise SendError(f"--url {target!r} is not an http(s) URL")
         query = parts.query
-        if isinstance(configured, GenericSource):
-            query = configured.signed_query(query)
+        query = configured.signed_query(query)
         headers = sign(configured, body, now=clock(), path=path, query_string=query)
     except SendError as exc:
         print(f"error: {exc}", file=err)

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from bridge.demo import example_payloads, find_project
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -28,10 +30,20 @@ def test_demo_moves_leads_from_every_shipped_example_and_exits_0() -> None:
     webhooks = [r for r in rows if r.get("kind") == "webhook"]
     patches = [r for r in rows if r.get("kind") == "patch"]
     [summary] = [r for r in rows if r.get("kind") == "summary"]
-    examples = sorted(ROOT.glob("examples/*/*.json"))
-    assert len(webhooks) == len(examples)
+    assert len(webhooks) == len(example_payloads(ROOT))
     assert {w["status"] for w in webhooks} == {200}
-    assert {w["source"] for w in webhooks} == {"stripe", "hubspot", "pipedrive", "billing"}
+    assert {w["source"] for w in webhooks} == {
+        "stripe",
+        "hubspot",
+        "pipedrive",
+        "billing",
+        "paddle",
+        "chargebee",
+        "shopify",
+        "close",
+        "salesforce",
+        "highlevel",
+    }
     assert patches
     assert {p["answered"] for p in patches} == {200}
     assert summary["settled"] is True
@@ -44,11 +56,9 @@ def test_demo_moves_leads_from_every_shipped_example_and_exits_0() -> None:
 def test_demo_finds_the_project_named_by_voxys_bridge_home_first(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from bridge.demo import find_project
-
-    (tmp_path / "config").mkdir()
-    (tmp_path / "config" / "bridge.yaml").write_text("voxys: {}\n")
+    (tmp_path / "config" / "rules").mkdir(parents=True)
     (tmp_path / "examples").mkdir()
+    (tmp_path / "examples" / "all-providers.yaml").write_text("voxys: {}\n")
     monkeypatch.setenv("VOXYS_BRIDGE_HOME", str(tmp_path))
     assert find_project(start=tmp_path / "elsewhere") == tmp_path
     monkeypatch.setenv("VOXYS_BRIDGE_HOME", str(tmp_path / "elsewhere"))

@@ -113,6 +113,10 @@ class Source(ABC):
         """
         raise NotImplementedError(f"preset {self.preset} cannot sign requests")
 
+    def signed_query(self, query_string: str = "") -> str:
+        """The query string a genuine sender uses: some carry a token there (Salesforce)."""
+        return query_string
+
     @abstractmethod
     def parse(self, request: WebhookRequest, received_at: float) -> list[Event]:
         """Split a verified request into events; raise `BadRequest` when it is malformed."""

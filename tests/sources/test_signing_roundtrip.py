@@ -54,15 +54,19 @@ CASES: dict[str, tuple[dict[str, Any], tuple[str, str]]] = {
     "generic-hmac-url": (HMAC_URL, (GENERIC_NEW, GENERIC_OLD)),
     "generic-token-header": (TOKEN_HEADER, (GENERIC_NEW, GENERIC_OLD)),
     "generic-token-query": (TOKEN_QUERY, (GENERIC_NEW, GENERIC_OLD)),
+    "paddle": ({"preset": "paddle"}, ("pdl_ntfset_new", "pdl_ntfset_old")),
+    "shopify": ({"preset": "shopify"}, ("shpss_new", "shpss_old")),
+    "close": ({"preset": "close"}, ("0a1b2c3d4e5f", "f5e4d3c2b1a0")),
 }
 # Credentials that are not a secret list: basic auth in two shapes, and none.
 BASIC_CASES: dict[str, dict[str, Any]] = {
     "pipedrive": {"preset": "pipedrive", "basic_auth": {"username": "voxys", "password": "pd-1"}},
     "generic-basic": {"verify": {"type": "basic", "username": "voxys", "password": "gb-1"}},
+    "chargebee": {"preset": "chargebee", "basic_auth": {"username": "cb", "password": "cb-1"}},
 }
 BODY_SIGNED = ["stripe", "hubspot", "standard-webhooks", "generic-hmac-hex", "generic-hmac-url"]
 CREDENTIAL_ONLY = ["pipedrive", "generic-basic", "generic-token-header", "generic-token-query"]
-TIMESTAMPED = ["stripe", "hubspot", "standard-webhooks", "generic-hmac-url"]
+TIMESTAMPED = ["stripe", "hubspot", "standard-webhooks", "generic-hmac-url", "paddle", "close"]
 URL_SIGNED = ["hubspot", "generic-hmac-url"]
 
 
@@ -128,9 +132,10 @@ def test_credential_schemes_do_not_cover_the_body(case: str) -> None:
 @pytest.mark.parametrize("case", list(CASES))
 def test_a_request_signed_with_another_secret_is_refused(case: str) -> None:
     _, (new, _old) = CASES[case]
-    other = (
-        "whsec_" + base64.b64encode(b"x" * 32).decode() if case == "standard-webhooks" else "x" * 24
-    )
+    other = {
+        "standard-webhooks": "whsec_" + base64.b64encode(b"x" * 32).decode(),
+        "close": "ab" * 12,
+    }.get(case, "x" * 24)
     with pytest.raises(Unauthorized):
         configured(case, new).verify(sent(configured(case, other)), NOW)
 
