@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import fcntl
 import os
+import zlib
 from pathlib import Path
 from typing import Any, Final, Protocol
 from urllib.parse import unquote
@@ -86,8 +87,10 @@ class FileLease:
 class PostgresLease:
     """A session advisory lock on a connection of its own."""
 
-    def __init__(self, dsn: str) -> None:
+    def __init__(self, dsn: str, schema: str | None = None) -> None:
         self.dsn = dsn
+        # One lease per deployment: bridges in other schemas of the database have their own.
+        self.key = LEASE_KEY + zlib.crc32((schema or "").encode())
         self._conn: Any = None
 
     async def try_acquire(self) -> bool:
@@ -96,7 +99,7 @@ class PostgresLease:
         try:
             if self._conn is None or self._conn.is_closed():
                 self._conn = await asyncpg.connect(self.dsn, timeout=5)
-            held: bool = await self._conn.fetchval("SELECT pg_try_advisory_lock($1)", LEASE_KEY)
+            held: bool = await self._conn.fetchval("SELECT pg_try_advisory_lock($1)", self.key)
         except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
             await self._drop()
             raise StorageError(f"delivery lease: {type(exc).__name__}") from exc
@@ -134,5 +137,8 @@ def lease_for(storage_url: str) -> Lease:
             return AlwaysHeld()
         return FileLease(Path(unquote(path[1:]) + ".lease"))
     if scheme in ("postgresql", "postgres"):
-        return PostgresLease(storage_url.partition("?")[0])
+        from bridge.store.postgres import PostgresStore
+
+        store = PostgresStore.from_url(storage_url)
+        return PostgresLease(store.dsn, store.schema)
     return AlwaysHeld()

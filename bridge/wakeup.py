@@ -157,5 +157,7 @@ def wakeup_for(storage_url: str) -> Wakeup:
             return Local()
         return UnixDatagram(socket_path(Path(unquote(path[1:]))))
     if scheme in ("postgresql", "postgres"):
-        return PostgresNotify(storage_url.partition("?")[0])
+        from bridge.store.postgres import PostgresStore
+
+        return PostgresNotify(PostgresStore.from_url(storage_url).dsn)
     return Local()

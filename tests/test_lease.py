@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import subprocess
 import sys
 import time
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
@@ -14,6 +17,7 @@ import pytest
 
 from bridge.fakevoxys import FakeVoxys
 from bridge.lease import AlwaysHeld, FileLease, PostgresLease, lease_for
+from bridge.wakeup import PostgresNotify, UnixDatagram, wakeup_for
 from tests.conftest import VOXYS_TOKEN, WriteConfig, free_port, stripe_event, stripe_headers
 from tests.test_cli_serve import start_server
 
@@ -68,16 +72,95 @@ async def test_a_killed_holder_loses_the_lease_at_once(tmp_path: Path) -> None:
             holder.stdout.close()
 
 
+PG_DSN = os.environ.get("VOXYS_BRIDGE_TEST_POSTGRES_DSN")
+needs_postgres = pytest.mark.skipif(
+    not PG_DSN, reason="set VOXYS_BRIDGE_TEST_POSTGRES_DSN to run against PostgreSQL"
+)
+
+
+@pytest.fixture
+def pg_schema() -> Iterator[str]:
+    """A schema of its own for one test, dropped afterwards."""
+    assert PG_DSN is not None
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    yield name
+
+    async def drop() -> None:
+        import asyncpg
+
+        conn = await asyncpg.connect(PG_DSN)
+        try:
+            await conn.execute(f"DROP SCHEMA IF EXISTS {name} CASCADE")
+        finally:
+            await conn.close()
+
+    asyncio.run(drop())
+
+
+@needs_postgres
+async def test_the_postgres_lease_is_exclusive_and_ends_with_its_connection() -> None:
+    assert PG_DSN is not None
+    first, second = PostgresLease(PG_DSN, "a"), PostgresLease(PG_DSN, "a")
+    elsewhere = PostgresLease(PG_DSN, "b")  # another deployment's schema: its own lease
+    try:
+        assert await first.try_acquire()
+        assert await first.still_held()
+        assert not await second.try_acquire()
+        assert await elsewhere.try_acquire()
+        await first.release()  # as when the holder's connection dies
+        assert not await first.still_held()
+        assert await second.try_acquire()
+    finally:
+        for lease in (first, second, elsewhere):
+            await lease.release()
+
+
+@needs_postgres
+async def test_a_notify_after_a_commit_wakes_the_listener_at_once() -> None:
+    assert PG_DSN is not None
+    listener, publisher = PostgresNotify(PG_DSN), PostgresNotify(PG_DSN)
+    woken = asyncio.Event()
+    try:
+        await listener.listen(woken.set)
+        publisher.publish()
+        await asyncio.wait_for(woken.wait(), 5)
+    finally:
+        await listener.close()
+        await publisher.close()
+
+
+async def test_a_datagram_wakes_the_deliverer_of_a_shared_sqlite_file(tmp_path: Path) -> None:
+    wakeup = wakeup_for(f"sqlite:///{tmp_path / ('x' * 120) / 'b.db'}")
+    assert isinstance(wakeup, UnixDatagram)
+    assert len(str(wakeup.path)) <= 100  # a long path falls back to the temp directory
+    listener, publisher = UnixDatagram(tmp_path / "b.db.wake"), UnixDatagram(tmp_path / "b.db.wake")
+    woken = asyncio.Event()
+    try:
+        publisher.publish()  # nobody listening yet: silently nothing
+        await listener.listen(woken.set)
+        publisher.publish()
+        await asyncio.wait_for(woken.wait(), 5)
+    finally:
+        await listener.close()
+        await publisher.close()
+
+
 @pytest.mark.slow
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgresql", marks=needs_postgres)])
 async def test_two_servers_on_one_store_deliver_once_and_the_standby_takes_over(
-    write_config: WriteConfig, tmp_path: Path
+    write_config: WriteConfig, tmp_path: Path, backend: str, request: pytest.FixtureRequest
 ) -> None:
     fake = FakeVoxys(tokens=VOXYS_TOKEN)
     url = await fake.start()
     ports = [free_port(), free_port()]
+    storage = f'"sqlite:///{tmp_path / "shared.db"}"'
+    if backend == "postgresql":
+        storage = f'"{PG_DSN}?schema={request.getfixturevalue("pg_schema")}"'
     configs = []
     for n, port in enumerate(ports):
-        config = write_config(port=port, voxys_url=url, db=tmp_path / "shared.db")
+        config = write_config(port=port, voxys_url=url)
+        text = config.read_text()
+        config.write_text(text.replace(f'"sqlite:///{tmp_path / "bridge.db"}"', storage))
         configs.append(config.rename(tmp_path / f"bridge{n}.yaml"))
     procs = [start_server(configs[0], ports[0])]
     procs.append(start_server(configs[1], ports[1]))

@@ -117,6 +117,15 @@ class PostgresStore:
         dsn = urlunsplit((parts.scheme, parts.netloc, parts.path, urlencode(rest), ""))
         return cls(dsn, **options)
 
+    @property
+    def dsn(self) -> str:
+        """The asyncpg DSN: the URL without this store's own options."""
+        return self._dsn
+
+    @property
+    def schema(self) -> str | None:
+        return self._schema
+
     # --- lifecycle ------------------------------------------------------------------
 
     def _error(self, op: str, exc: BaseException) -> StorageError:
