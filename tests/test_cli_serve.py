@@ -193,3 +193,49 @@ async def test_transitions_not_confirmed_before_a_sigkill_are_sent_after_the_res
         proc.wait()
         proc.stderr.close()  # type: ignore[union-attr]
         await fake.stop()
+
+
+async def test_with_workers_several_processes_share_the_port_and_one_delivers(
+    write_config: WriteConfig,
+) -> None:
+    from bridge.fakevoxys import FakeVoxys
+    from tests.conftest import VOXYS_TOKEN
+
+    fake = FakeVoxys(tokens=VOXYS_TOKEN)
+    url = await fake.start()
+    port = free_port()
+    config = write_config(port=port, voxys_url=url)
+    config.write_text(config.read_text().replace("max_body_bytes:", "workers: 3, max_body_bytes:"))
+    proc = start_server(config, port)
+    try:
+        workers = subprocess.run(
+            ["pgrep", "-P", str(proc.pid)], capture_output=True, text=True, check=False
+        ).stdout.split()
+        assert len(workers) == 3
+        leads = list(range(300, 360))
+        async with aiohttp.ClientSession() as session:
+
+            async def post(lead: int) -> int:
+                body = stripe_event(f"evt_w_{lead}", lead_id=lead)
+                async with session.post(
+                    f"http://127.0.0.1:{port}/webhooks/stripe",
+                    data=body,
+                    headers=stripe_headers(body),
+                ) as resp:
+                    return resp.status
+
+            assert await asyncio.gather(*(post(lead) for lead in leads)) == [200] * len(leads)
+
+        async def delivered() -> None:
+            while {c.lead_id for c in fake.calls if c.status == 200} != set(leads):
+                await asyncio.sleep(0.01)
+
+        await asyncio.wait_for(delivered(), 20)
+        assert len(fake.calls) == len(leads)  # one deliverer: each lead once
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        proc.kill()
+        proc.wait()
+        proc.stderr.close()  # type: ignore[union-attr]
+        await fake.stop()
