@@ -173,6 +173,9 @@ class Pacer:
         window = self.configured.per_seconds * PACE_MARGIN + ARRIVAL_JITTER_S
         while True:
             now = self.clock()
+            if (delay := self._not_before - now) > 0:  # a Retry-After that came meanwhile
+                await asyncio.sleep(delay)
+                continue
             full = len(self._sent) == self._sent.maxlen
             if full and (delay := self._sent[0] + window - now) > 0:
                 await asyncio.sleep(delay)
