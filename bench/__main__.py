@@ -1,0 +1,53 @@
+"""`python -m bench SCENARIO [options]`: run one benchmark, or `all` with their defaults.
+
+python -m bench ingest [--duration 10] [--concurrency 1,16,64] [--runs 3]
+python -m bench recovery [--pending 100000]
+python -m bench delivery rate|throughput [...]
+python -m bench rules_eval [--rules 100]
+python -m bench all
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+SCENARIOS = ("ingest", "recovery", "delivery", "rules_eval")
+# `all`: every scenario with its defaults; delivery's rate accuracy at both limits.
+ALL: tuple[tuple[str, list[str]], ...] = (
+    ("ingest", []),
+    ("recovery", []),
+    ("delivery", ["throughput"]),
+    ("delivery", ["rate", "--rate", "20"]),
+    ("delivery", ["rate", "--rate", "100"]),
+    ("rules_eval", []),
+)
+
+
+def run(name: str, argv: list[str]) -> None:
+    """Call the scenario's `main` as if it were run as `python -m bench.<name> argv`."""
+    module = importlib.import_module(f"bench.{name}")
+    saved = sys.argv
+    sys.argv = [f"python -m bench {name}", *argv]
+    try:
+        module.main()
+    finally:
+        sys.argv = saved
+
+
+def main() -> int:
+    if len(sys.argv) < 2 or sys.argv[1] not in (*SCENARIOS, "all"):
+        print(__doc__.strip(), file=sys.stderr)
+        return 2
+    name, argv = sys.argv[1], sys.argv[2:]
+    if name != "all":
+        run(name, argv)
+        return 0
+    for scenario, args in ALL:
+        print(f"\n== python -m bench {scenario} {' '.join(args)}".rstrip(), flush=True)
+        run(scenario, args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
