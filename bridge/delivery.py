@@ -465,7 +465,12 @@ async def delivery_hook(app: web.Application) -> AsyncIterator[None]:
     url = runtime.bundle.config.storage.url
     leader = app[LEADER] = Leader(runtime, client, lease_for(url), wakeup_for(url))
     publisher = wakeup_for(url)  # wakes the deliverer when it is another process
-    runtime.on_stored.append(lambda _count: publisher.publish())
+
+    def publish(_count: int) -> None:
+        if leader.deliverer is None:  # delivering here: the in-process wake-up suffices
+            publisher.publish()
+
+    runtime.on_stored.append(publish)
     task = asyncio.create_task(leader.run())
     try:
         yield
