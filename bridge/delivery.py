@@ -430,6 +430,7 @@ class Leader:
             await self._term()
 
     async def _term(self) -> None:
+        self.client.pacer.quiet_window()  # the previous holder's sends may fill it
         deliverer = self.deliverer = Deliverer(self.runtime, self.client)
         task = asyncio.create_task(deliverer.run())
         try:

@@ -4,9 +4,10 @@ Rate limit. Voxys must never see more than `requests` calls in *any* window of
 `per_seconds` - we cannot know how it counts. A token bucket sized to the full rate
 would let up to twice that through right after an idle spell, so requests are paced
 (`Pacer`): spread out one every `per_seconds / requests`, and never more than
-`requests` in a sliding window, checked against the times of the last sends. The first
-send of a process waits one interval, so that a quick restart cannot squeeze a request
-next to the previous process's last one.
+`requests` in a sliding window, checked against the times of the last sends. A process
+sends nothing during its first window (and a new holder of the delivery lease nothing
+during its first), so that the sends of one that just died cannot share a window with
+ours.
 
 When Voxys answers 429 although we kept to that pace, it counts differently from what
 was configured: the pace halves (multiplicative decrease, down to 1/64 of the
@@ -152,7 +153,7 @@ class Pacer:
         self._last_increase = 0.0
         if rate is not None:
             self._limiter = AsyncLimiter(BURST, BURST * self.interval)
-            self._not_before = clock() + self.interval  # see module docstring: restarts
+            self.quiet_window()
 
     @property
     def interval(self) -> float:
@@ -183,6 +184,12 @@ class Pacer:
             self._sent.append(now)
             break
         self.waited_s += now - start
+
+    def quiet_window(self) -> None:
+        """Send nothing for one full window: whoever sent before us (a process that just
+        died, the previous holder of the delivery lease) may have used it up."""
+        if self.configured is not None:
+            self.pause_until(self.clock() + self.configured.per_seconds * PACE_MARGIN)
 
     def pause_until(self, when: float) -> None:
         """Send nothing before monotonic time `when` (Retry-After)."""

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
 import socket
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -100,3 +103,28 @@ def stripe_headers(
     t = int(time.time()) if timestamp is None else timestamp
     signature = stripe.WebhookSignature._compute_signature(f"{t}.{body.decode()}", secret)
     return {"Stripe-Signature": f"t={t},v1={signature}", "Content-Type": "application/json"}
+
+
+PG_DSN = os.environ.get("VOXYS_BRIDGE_TEST_POSTGRES_DSN")
+needs_postgres = pytest.mark.skipif(
+    not PG_DSN, reason="set VOXYS_BRIDGE_TEST_POSTGRES_DSN to run against PostgreSQL"
+)
+
+
+@pytest.fixture
+def pg_schema() -> Iterator[str]:
+    """A schema of its own for one test, dropped afterwards."""
+    assert PG_DSN is not None
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    yield name
+
+    async def drop() -> None:
+        import asyncpg
+
+        conn = await asyncpg.connect(PG_DSN)
+        try:
+            await conn.execute(f"DROP SCHEMA IF EXISTS {name} CASCADE")
+        finally:
+            await conn.close()
+
+    asyncio.run(drop())

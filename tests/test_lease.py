@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import subprocess
 import sys
 import time
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
@@ -18,7 +15,15 @@ import pytest
 from bridge.fakevoxys import FakeVoxys
 from bridge.lease import AlwaysHeld, FileLease, PostgresLease, lease_for
 from bridge.wakeup import PostgresNotify, UnixDatagram, wakeup_for
-from tests.conftest import VOXYS_TOKEN, WriteConfig, free_port, stripe_event, stripe_headers
+from tests.conftest import (
+    PG_DSN,
+    VOXYS_TOKEN,
+    WriteConfig,
+    free_port,
+    needs_postgres,
+    stripe_event,
+    stripe_headers,
+)
 from tests.test_cli_serve import start_server
 
 
@@ -70,31 +75,6 @@ async def test_a_killed_holder_loses_the_lease_at_once(tmp_path: Path) -> None:
         holder.wait()
         if holder.stdout:
             holder.stdout.close()
-
-
-PG_DSN = os.environ.get("VOXYS_BRIDGE_TEST_POSTGRES_DSN")
-needs_postgres = pytest.mark.skipif(
-    not PG_DSN, reason="set VOXYS_BRIDGE_TEST_POSTGRES_DSN to run against PostgreSQL"
-)
-
-
-@pytest.fixture
-def pg_schema() -> Iterator[str]:
-    """A schema of its own for one test, dropped afterwards."""
-    assert PG_DSN is not None
-    name = f"t_{uuid.uuid4().hex[:12]}"
-    yield name
-
-    async def drop() -> None:
-        import asyncpg
-
-        conn = await asyncpg.connect(PG_DSN)
-        try:
-            await conn.execute(f"DROP SCHEMA IF EXISTS {name} CASCADE")
-        finally:
-            await conn.close()
-
-    asyncio.run(drop())
 
 
 @needs_postgres
