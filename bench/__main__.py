@@ -4,6 +4,7 @@ python -m bench ingest [--duration 10] [--concurrency 1,16,64] [--runs 3]
 python -m bench recovery [--pending 100000]
 python -m bench delivery rate|throughput [...]
 python -m bench rules_eval [--rules 100]
+python -m bench scaling [--workers 1,2,4] [--postgres DSN]
 python -m bench all
 """
 
@@ -12,7 +13,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-SCENARIOS = ("ingest", "recovery", "delivery", "rules_eval")
+SCENARIOS = ("ingest", "recovery", "delivery", "rules_eval", "scaling")
 # `all`: every scenario with its defaults; delivery's rate accuracy at both limits.
 ALL: tuple[tuple[str, list[str]], ...] = (
     ("ingest", []),

@@ -29,7 +29,7 @@ import aiohttp
 from bridge import logs
 from bridge.bundle import load_bundle
 from bridge.delivery import Deliverer
-from bridge.fakevoxys import FakeVoxys
+from bridge.fakevoxys import FakeVoxys, max_in_window
 from bridge.ingest import Runtime
 from bridge.models import Evaluation, Event, LeadStatus, Outcome, Transition
 from bridge.store.sqlite import SqliteStore
@@ -53,17 +53,6 @@ def item(n: int) -> tuple[Event, Evaluation]:
     event = Event(source="bench", event_id=f"e{n}", occurred_at=n, received_at=n, payload={})
     transition = Transition(rule="bench", account_id=1, lead_id=n + 1, status=LeadStatus.WON)
     return event, Evaluation(Outcome.MATCHED, (transition,), (), ("bench",))
-
-
-def max_in_window(times: list[float], window: float) -> int:
-    """The most timestamps in any half-open window [t, t + window)."""
-    times = sorted(times)
-    best, lo = 0, 0
-    for hi, t in enumerate(times):
-        while times[lo] <= t - window:
-            lo += 1
-        best = max(best, hi - lo + 1)
-    return best
 
 
 async def setup(

@@ -90,6 +90,17 @@ class Answer:
         return cls(drop=True, apply=apply, partial=partial)
 
 
+def max_in_window(times: Iterable[float], window: float) -> int:
+    """The most of `times` that fall in any half-open interval [t, t + window)."""
+    ordered = sorted(times)
+    best = start = 0
+    for end, t in enumerate(ordered):
+        while ordered[start] <= t - window:
+            start += 1
+        best = max(best, end - start + 1)
+    return best
+
+
 def iso(ts: float) -> str:
     """POSIX seconds as a Rails-style ISO 8601 UTC string (milliseconds, `Z`)."""
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
@@ -181,13 +192,7 @@ class FakeVoxys:
 
     def max_in_window(self, window: float) -> int:
         """The most calls whose times fall in any half-open interval [t, t + window)."""
-        times = sorted(call.at for call in self.calls)
-        best = start = 0
-        for end, t in enumerate(times):
-            while times[start] <= t - window:
-                start += 1
-            best = max(best, end - start + 1)
-        return best
+        return max_in_window([call.at for call in self.calls], window)
 
     # -- HTTP ----------------------------------------------------------------------------
 

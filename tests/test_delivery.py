@@ -14,7 +14,7 @@ import pytest
 from bridge.bundle import load_bundle
 from bridge.config import RateLimit, RetryConfig
 from bridge.delivery import Action, AuthPause, Deliverer, backoff, decide
-from bridge.fakevoxys import Answer, FakeVoxys
+from bridge.fakevoxys import Answer, FakeVoxys, max_in_window
 from bridge.ingest import Runtime
 from bridge.models import Evaluation, Event, LeadStatus, Outcome, Transition
 from bridge.store.base import QueuedTransition
@@ -406,17 +406,6 @@ async def test_a_429_with_retry_after_pauses_the_token_without_using_an_attempt(
     await h.idle()
     [entry] = await h.runtime.store.ledger(7, 42)
     assert (entry.state, entry.attempts, entry.next_attempt_at) == ("pending", 0, NOW + 120)
-
-
-def max_in_window(times: list[float], window: float) -> int:
-    """The most timestamps in any half-open window [t, t + window)."""
-    times = sorted(times)
-    best, lo = 0, 0
-    for hi, t in enumerate(times):
-        while times[lo] <= t - window:
-            lo += 1
-        best = max(best, hi - lo + 1)
-    return best
 
 
 async def test_the_pacer_never_exceeds_the_limit_in_any_window_yet_keeps_up_with_it() -> None:

@@ -29,10 +29,11 @@ from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 import asyncpg
 
 from bridge.errors import ConfigError, StorageError
-from bridge.models import Evaluation, Event, LeadStatus, Outcome
+from bridge.models import Evaluation, Event, Outcome
 from bridge.store import postgres_queue as q
 from bridge.store.base import Claim, IngestResult, LedgerEntry, Stats, StoredEvent, TransitionState
 from bridge.store.postgres_schema import migrate
+from bridge.store.rows import ledger_entry, stored_event
 
 T = TypeVar("T")
 
@@ -336,7 +337,7 @@ class PostgresStore:
             f"SELECT {LEDGER} {q.FROM} WHERE t.state = 'dead'"
             " ORDER BY t.settled_at DESC, t.id DESC LIMIT $1"
         )
-        return [_entry(row) for row in await self._fetch("dead_letters", sql, limit)]
+        return [ledger_entry(row) for row in await self._fetch("dead_letters", sql, limit)]
 
     async def retry_dead(self, ids: Sequence[int] | None, now: float) -> int:
         async def work(conn: Any) -> int:
@@ -352,7 +353,7 @@ class PostgresStore:
             f"SELECT {LEDGER} {q.FROM} WHERE t.account_id = $1 AND t.lead_id = $2"
             " ORDER BY t.occurred_at DESC, t.id DESC"
         )
-        return [_entry(row) for row in await self._fetch("ledger", sql, account_id, lead_id)]
+        return [ledger_entry(row) for row in await self._fetch("ledger", sql, account_id, lead_id)]
 
     async def events_for_replay(
         self,
@@ -374,7 +375,7 @@ class PostgresStore:
             )
             value = None if outcome is None else str(outcome)
             rows = await self._fetch("events_for_replay", sql, value, since, limit)
-        return [_stored(row) for row in rows]
+        return [stored_event(row) for row in rows]
 
     async def _fetch(self, op: str, sql: str, *args: Any) -> list[Any]:
         async def work(conn: Any) -> list[Any]:
@@ -469,37 +470,3 @@ def _event_row(item: tuple[Event, Evaluation]) -> tuple[Any, ...]:
         q.text(evaluation.rule),
         q.text(evaluation.reason),
     )
-
-
-def _entry(row: Sequence[Any]) -> LedgerEntry:
-    return LedgerEntry(
-        id=row[0],
-        source=row[1],
-        event_id=row[2],
-        rule=row[3],
-        account_id=row[4],
-        lead_id=row[5],
-        status=LeadStatus(row[6]),
-        notes=row[7],
-        state=TransitionState(row[8]),
-        occurred_at=row[9],
-        created_at=row[10],
-        attempts=row[11],
-        first_attempt_at=row[12],
-        last_attempt_at=row[13],
-        next_attempt_at=row[14],
-        http_status=row[15],
-        reason=row[16],
-    )
-
-
-def _stored(row: Sequence[Any]) -> StoredEvent:
-    event = Event(
-        source=row[1],
-        event_id=row[2],
-        occurred_at=row[3],
-        received_at=row[4],
-        payload=json.loads(row[5]),
-        headers=json.loads(row[6]),
-    )
-    return StoredEvent(pk=row[0], event=event, outcome=Outcome(row[7]), rule=row[8], reason=row[9])

@@ -20,8 +20,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any, Final
 
-from bridge.models import LeadStatus, Transition
-from bridge.store.base import Claim, QueuedTransition
+from bridge.models import Transition
+from bridge.store.base import Claim
+from bridge.store.rows import queued
 
 LeadKey = tuple[int, int]
 
@@ -66,24 +67,6 @@ def text(value: str | None) -> str | None:
         return value
     value = value.encode("utf-8", "backslashreplace").decode("utf-8")
     return value.replace("\x00", "\\x00")  # text values cannot contain NUL
-
-
-def queued(row: Sequence[Any]) -> QueuedTransition:
-    """A QueuedTransition from a row selected with QUEUED."""
-    return QueuedTransition(
-        id=row[0],
-        source=row[1],
-        event_id=row[2],
-        rule=row[3],
-        account_id=row[4],
-        lead_id=row[5],
-        status=LeadStatus(row[6]),
-        notes=row[7],
-        occurred_at=row[8],
-        created_at=row[9],
-        attempts=row[10],
-        not_found_attempts=row[11],
-    )
 
 
 def _arrays(keys: Iterable[LeadKey]) -> tuple[list[int], list[int]]:

@@ -13,8 +13,9 @@ import sqlite3
 from collections.abc import Iterable, Sequence
 from typing import Any, Final
 
-from bridge.models import LeadStatus, Transition
-from bridge.store.base import Claim, QueuedTransition
+from bridge.models import Transition
+from bridge.store.base import Claim
+from bridge.store.rows import queued
 
 LeadKey = tuple[int, int]
 
@@ -50,24 +51,6 @@ def text(value: str | None) -> str | None:
     if value is None or value.isascii():
         return value
     return value.encode("utf-8", "backslashreplace").decode("utf-8")
-
-
-def queued(row: Sequence[Any]) -> QueuedTransition:
-    """A QueuedTransition from a row selected with QUEUED."""
-    return QueuedTransition(
-        id=row[0],
-        source=row[1],
-        event_id=row[2],
-        rule=row[3],
-        account_id=row[4],
-        lead_id=row[5],
-        status=LeadStatus(row[6]),
-        notes=row[7],
-        occurred_at=row[8],
-        created_at=row[9],
-        attempts=row[10],
-        not_found_attempts=row[11],
-    )
 
 
 def refresh_leads(conn: sqlite3.Connection, keys: Iterable[LeadKey]) -> None:

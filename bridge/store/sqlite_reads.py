@@ -10,8 +10,9 @@ import sqlite3
 from collections.abc import Sequence
 from typing import Any
 
-from bridge.models import Event, LeadStatus, Outcome
+from bridge.models import Outcome
 from bridge.store.base import LedgerEntry, Stats, StoredEvent, TransitionState
+from bridge.store.rows import ledger_entry, stored_event
 from bridge.store.sqlite_queue import FROM, IN_IDS, LeadKey
 
 LEDGER = (
@@ -20,40 +21,6 @@ LEDGER = (
     " t.next_attempt_at, t.http_status, t.reason"
 )
 EVENT = "pk, source, event_id, occurred_at, received_at, payload, headers, outcome, rule, reason"
-
-
-def _entry(row: Sequence[Any]) -> LedgerEntry:
-    return LedgerEntry(
-        id=row[0],
-        source=row[1],
-        event_id=row[2],
-        rule=row[3],
-        account_id=row[4],
-        lead_id=row[5],
-        status=LeadStatus(row[6]),
-        notes=row[7],
-        state=TransitionState(row[8]),
-        occurred_at=row[9],
-        created_at=row[10],
-        attempts=row[11],
-        first_attempt_at=row[12],
-        last_attempt_at=row[13],
-        next_attempt_at=row[14],
-        http_status=row[15],
-        reason=row[16],
-    )
-
-
-def _stored(row: Sequence[Any]) -> StoredEvent:
-    event = Event(
-        source=row[1],
-        event_id=row[2],
-        occurred_at=row[3],
-        received_at=row[4],
-        payload=json.loads(row[5]),
-        headers=json.loads(row[6]),
-    )
-    return StoredEvent(pk=row[0], event=event, outcome=Outcome(row[7]), rule=row[8], reason=row[9])
 
 
 def dead_letters(conn: sqlite3.Connection, limit: int) -> list[LedgerEntry]:
@@ -65,7 +32,7 @@ def dead_letters(conn: sqlite3.Connection, limit: int) -> list[LedgerEntry]:
         " ORDER BY t.settled_at DESC, t.id DESC LIMIT ?",
         (limit,),
     ).fetchall()
-    return [_entry(row) for row in rows]
+    return [ledger_entry(row) for row in rows]
 
 
 def ledger(conn: sqlite3.Connection, key: LeadKey) -> list[LedgerEntry]:
@@ -75,7 +42,7 @@ def ledger(conn: sqlite3.Connection, key: LeadKey) -> list[LedgerEntry]:
         " ORDER BY t.occurred_at DESC, t.id DESC",
         key,
     ).fetchall()
-    return [_entry(row) for row in rows]
+    return [ledger_entry(row) for row in rows]
 
 
 def events_by_ids(conn: sqlite3.Connection, ids: Sequence[int], limit: int) -> list[StoredEvent]:
@@ -84,7 +51,7 @@ def events_by_ids(conn: sqlite3.Connection, ids: Sequence[int], limit: int) -> l
         f"SELECT {EVENT} FROM events WHERE pk {IN_IDS} ORDER BY pk LIMIT ?",  # noqa: S608
         (json.dumps(list(ids)), limit),
     ).fetchall()
-    return [_stored(row) for row in rows]
+    return [stored_event(row) for row in rows]
 
 
 def events_matching(
@@ -104,7 +71,7 @@ def events_matching(
         f"SELECT {EVENT} FROM events {clause} ORDER BY received_at, pk LIMIT ?",  # noqa: S608
         (*params, limit),
     ).fetchall()
-    return [_stored(row) for row in rows]
+    return [stored_event(row) for row in rows]
 
 
 def stats(conn: sqlite3.Connection, now: float) -> Stats:
