@@ -6,10 +6,11 @@ loopback. Not a test; results go in docs/benchmarks.md with the command.
     python -m bench.delivery rate [--rate 20] [--seconds 60] [--backlog 2000]
     python -m bench.delivery throughput [--count 5000]
 
-`rate` prints the largest number of PATCHes the fake received in any 1 s window (must
-never exceed the limit) and the mean rate achieved. `throughput` prints transitions/s
-delivered with no rate limit, beside a baseline measured in the same run: a bare
-aiohttp client sending the same PATCHes with the same concurrency and no store.
+The fake runs in a process of its own, as the real API is remote. `rate` prints the
+largest number of PATCHes the fake received in any 1 s window (must never exceed the
+limit) and the mean rate achieved. `throughput` prints transitions/s delivered with no
+rate limit, beside a baseline measured in the same run: a bare aiohttp client sending
+the same PATCHes with the same concurrency (16) and no store.
 """
 
 from __future__ import annotations
@@ -139,10 +140,13 @@ async def baseline(url: str, count: int, concurrency: int) -> float:
 
 
 async def throughput(count: int) -> dict[str, Any]:
+    parent, child = multiprocessing.Pipe()
+    process = multiprocessing.get_context("spawn").Process(target=fake_process, args=(child,))
+    process.start()
+    url = parent.recv()
     with tempfile.TemporaryDirectory() as tmp:
-        fake, store, client, deliverer = await setup(Path(tmp), 1, count, limited=False)
-        bare = await baseline(fake.base_url, count, 16)
-        fake.calls.clear()
+        local, store, client, deliverer = await setup(Path(tmp), 1, count, limited=False, url=url)
+        bare = await baseline(url, count, 16)
         started = time.perf_counter()
         task = asyncio.create_task(deliverer.run())
         while (await store.stats(time.time())).transitions["delivered"] < count:
@@ -151,9 +155,12 @@ async def throughput(count: int) -> dict[str, Any]:
         await deliverer.stop(5.0)
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+        parent.send("stop")
+        parent.recv()
+        process.join()
         await client.close()
         await store.close()
-        await fake.stop()
+        await local.stop()
     bridge = count / elapsed
     return {
         "scenario": "throughput",
