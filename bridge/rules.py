@@ -204,6 +204,19 @@ class _Compiler:
         selfs = {n.name for n in node.find_all(nodes.Name) if n.name == "self"}
         for name in sorted((set(undeclared) | selfs) - _SCOPE - _GLOBALS):
             self.error(f"unknown name {name!r}", key)
+        # The sandbox refuses these at render too; refusing them here says so at `check`.
+        private = [n.attr for n in node.find_all(nodes.Getattr) if n.attr.startswith("_")]
+        private += [
+            str(n.arg.value)
+            for n in node.find_all(nodes.Getitem)
+            if isinstance(n.arg, nodes.Const) and str(n.arg.value).startswith("_")
+        ]
+        for attr in sorted(set(private)):
+            self.error(f"attributes starting with '_' are not allowed ({attr!r})", key)
+        if any(True for _ in node.find_all((nodes.Import, nodes.FromImport, nodes.Include))):
+            self.error("templates cannot import or include other templates", key)
+        if any(True for _ in node.find_all(nodes.Extends)):
+            self.error("templates cannot extend other templates", key)
         calls = [node] if isinstance(node, nodes.Call) else []
         for call in [*calls, *node.find_all(nodes.Call)]:
             if not (isinstance(call, nodes.Call) and isinstance(call.node, nodes.Name)):

@@ -604,9 +604,25 @@ def test_the_escape_attempts_would_execute_outside_the_sandbox(tmp_path: Path) -
     assert marker.exists()
 
 
-def test_an_ordinary_function_attribute_is_not_reachable(tmp_path: Path) -> None:
-    rules = compile_(tmp_path, [rule(notes="[{{ event.__class__ }}{{ lookup.__globals__ }}]")])
+def test_private_attributes_are_refused_at_check(tmp_path: Path) -> None:
+    errors = errors_of(tmp_path, [rule(notes="{{ event.__class__ }}{{ lookup['__globals__'] }}")])
+    assert [e.message for e in errors] == [
+        "attributes starting with '_' are not allowed ('__class__')",
+        "attributes starting with '_' are not allowed ('__globals__')",
+    ]
+
+
+def test_private_attributes_built_at_render_are_still_unreachable(tmp_path: Path) -> None:
+    # A name the static check cannot see: the sandbox itself refuses it.
+    notes = "[{{ event | attr('_' ~ '_class__') }}{{ lookup | attr('__glo' ~ 'bals__') }}]"
+    rules = compile_(tmp_path, [rule(notes=notes)])
     assert rules.evaluate(event({})).transitions[0].notes == "[]"
+
+
+def test_templates_cannot_import_include_or_extend(tmp_path: Path) -> None:
+    for text in ["{% import 'os' as os %}", "{% include 'x' %}", "{% from 'x' import y %}"]:
+        errors = errors_of(tmp_path, [rule(notes=text)])
+        assert [e.message for e in errors] == ["templates cannot import or include other templates"]
 
 
 def test_the_sandbox_check_catches_names_outside_the_rule_scope(tmp_path: Path) -> None:
