@@ -4,13 +4,13 @@ Runs the real worker (store, client, pacer) in-process against `bridge.fakevoxys
 loopback. Not a test; results go in docs/benchmarks.md with the command.
 
     python -m bench.delivery rate [--rate 20] [--seconds 60] [--backlog 2000]
-    python -m bench.delivery throughput [--count 5000]
+    python -m bench.delivery throughput [--count 5000] [--in-flight 16]
 
 The fake runs in a process of its own, as the real API is remote. `rate` prints the
 largest number of PATCHes the fake received in any 1 s window (must never exceed the
 limit) and the mean rate achieved. `throughput` prints transitions/s delivered with no
 rate limit, beside a baseline measured in the same run: a bare aiohttp client sending
-the same PATCHes with the same concurrency (16) and no store.
+the same PATCHes with the same concurrency (`voxys.max_in_flight`) and no store.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ voxys:
   api_token: "{token}"
   account_id: 1
   rate_limit: {{requests: {rate}, per_seconds: 1}}
-  max_in_flight: 16
+  max_in_flight: {in_flight}
 logging: {{format: json, level: warning}}
 sources: {{}}
 """
@@ -57,13 +57,21 @@ def item(n: int) -> tuple[Event, Evaluation]:
 
 
 async def setup(
-    workdir: Path, rate: int, backlog: int, *, limited: bool, url: str | None = None
+    workdir: Path,
+    rate: int,
+    backlog: int,
+    *,
+    limited: bool,
+    url: str | None = None,
+    in_flight: int = 16,
 ) -> tuple[Any, ...]:
     fake = FakeVoxys(tokens=TOKEN)
     local_url = await fake.start()
     url = url or local_url
     path = workdir / "bridge.yaml"
-    path.write_text(CONFIG.format(db=workdir / "b.db", url=url, token=TOKEN, rate=rate))
+    path.write_text(
+        CONFIG.format(db=workdir / "b.db", url=url, token=TOKEN, rate=rate, in_flight=in_flight)
+    )
     bundle = load_bundle(path)
     store = SqliteStore(workdir / "b.db")
     await store.open()
@@ -139,7 +147,7 @@ async def baseline(url: str, count: int, concurrency: int) -> float:
         return count / (time.perf_counter() - started)
 
 
-async def throughput(count: int) -> dict[str, Any]:
+async def throughput(count: int, in_flight: int) -> dict[str, Any]:
     parent, child = multiprocessing.Pipe()
     process = multiprocessing.get_context("spawn").Process(target=fake_process, args=(child,))
     process.start()
@@ -165,6 +173,7 @@ async def throughput(count: int) -> dict[str, Any]:
     return {
         "scenario": "throughput",
         "transitions": count,
+        "max_in_flight": in_flight,
         "bridge_per_s": round(bridge),
         "baseline_per_s": round(bare),
         "ratio": round(bridge / bare, 3),
@@ -180,12 +189,13 @@ def main() -> None:
     r.add_argument("--backlog", type=int, default=2000)
     t = sub.add_parser("throughput")
     t.add_argument("--count", type=int, default=5000)
+    t.add_argument("--in-flight", type=int, default=16, help="voxys.max_in_flight")
     args = parser.parse_args()
     logs.configure(level="warning", fmt="json", secrets=[TOKEN])
     if args.scenario == "rate":
         result = asyncio.run(rate_accuracy(args.rate, args.seconds, args.backlog))
     else:
-        result = asyncio.run(throughput(args.count))
+        result = asyncio.run(throughput(args.count, args.in_flight))
     for key, value in result.items():
         print(f"{key:>22}  {value}")
     print(json.dumps(result))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any
 
 import structlog
 from aiohttp import web
@@ -15,6 +16,17 @@ from bridge.metrics import METRICS, handle_metrics
 log = structlog.get_logger("bridge.app")
 
 Hook = Callable[[web.Application], AsyncIterator[None]]
+
+# Limits on what a client may send before its request is even read (aiohttp's parser).
+# Chosen, not inherited: webhook senders send a few small headers; anything bigger is
+# refused with 400/431 before it costs memory. An idle keep-alive connection is closed
+# after 75 s (aiohttp's default would keep it an hour).
+HTTP_LIMITS: dict[str, Any] = {
+    "max_line_size": 8190,  # request line and each header line, bytes
+    "max_field_size": 8190,  # one header value, bytes
+    "max_headers": 128,
+    "keepalive_timeout": 75.0,
+}
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -34,7 +46,9 @@ async def readyz(request: web.Request) -> web.Response:
 
 def create_app(runtime: Runtime, *, hooks: Sequence[Hook] = ()) -> web.Application:
     """The bridge's web application. `hooks` are cleanup contexts run after the store opens."""
-    app = web.Application(client_max_size=runtime.bundle.config.server.max_body_bytes)
+    app = web.Application(
+        client_max_size=runtime.bundle.config.server.max_body_bytes, handler_args=HTTP_LIMITS
+    )
     app[RUNTIME] = runtime
     app[METRICS] = runtime.metrics
 
