@@ -22,6 +22,7 @@ ALL: tuple[tuple[str, list[str]], ...] = (
     ("delivery", ["rate", "--rate", "20"]),
     ("delivery", ["rate", "--rate", "100"]),
     ("rules_eval", []),
+    ("scaling", []),
 )
 
 

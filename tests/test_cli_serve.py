@@ -239,3 +239,25 @@ async def test_with_workers_several_processes_share_the_port_and_one_delivers(
         proc.wait()
         proc.stderr.close()  # type: ignore[union-attr]
         await fake.stop()
+
+
+def test_healthcheck_says_healthy_while_the_server_runs_and_unhealthy_after(server) -> None:
+    proc, port, config = server
+    up = subprocess.run(
+        [SCRIPT, "healthcheck", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert (up.returncode, up.stdout.strip()) == (0, "healthy")
+    proc.kill()
+    proc.wait()
+    down = subprocess.run(
+        [SCRIPT, "healthcheck", "--config", str(config), "--timeout", "1"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert down.returncode == 1
+    assert down.stderr.startswith(f"unhealthy: http://127.0.0.1:{port}/healthz")
+    assert "Traceback" not in down.stderr
