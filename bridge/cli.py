@@ -124,6 +124,7 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
                 args.seed_leads,
                 args.latency,
                 args.rate_limit,
+                as_json=args.json,
             )
         )
     except KeyboardInterrupt:
@@ -222,6 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="REQUESTS/SECONDS",
         help="answer 429 with Retry-After beyond this rate, e.g. 10/1",
     )
+    p.add_argument("--json", action="store_true", help="print each call as a JSON line")
     p.set_defaults(func=cmd_sandbox)
     p = command("send", "sign a payload file as its provider would and POST it to a bridge")
     p.add_argument("--source", required=True, help="the source key whose signature to use")

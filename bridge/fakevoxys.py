@@ -410,19 +410,31 @@ async def run_sandbox(
     latency: float,
     rate_limit: tuple[int, float] | None,
     stream: TextIO | None = None,
+    as_json: bool = False,
 ) -> None:
-    """Serve a fake Voxys until cancelled; print the base URL, then one line per call."""
+    """Serve a fake Voxys until cancelled; print the base URL, then one line per call.
+
+    `as_json`: each call as a JSON object (`at` is this process's monotonic clock when
+    the request arrived), for tests that check timing from outside the process.
+    """
     out = sys.stdout if stream is None else stream
     fake = FakeVoxys(tokens=tokens, seed_leads=seed_leads)
     fake.latency = latency
     fake.fail_rate_limit = rate_limit
-    fake.on_call = lambda call: print(describe(call), file=out, flush=True)
+    render = call_json if as_json else describe
+    fake.on_call = lambda call: print(render(call), file=out, flush=True)
     base_url = await fake.start(host, port)
     print(f"voxys sandbox listening on {base_url}", file=out, flush=True)
     try:
         await asyncio.Event().wait()
     finally:
         await fake.stop()
+
+
+def call_json(call: Call) -> str:
+    """One call as a JSON line (the token itself is never kept, so never printed)."""
+    fields = ("at", "method", "path", "account_id", "lead_id", "status", "body", "dropped")
+    return json.dumps({name: getattr(call, name) for name in fields})
 
 
 def describe(call: Call) -> str:

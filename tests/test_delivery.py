@@ -19,7 +19,15 @@ from bridge.ingest import Runtime
 from bridge.models import Evaluation, Event, LeadStatus, Outcome, Transition
 from bridge.store.base import QueuedTransition
 from bridge.store.sqlite import SqliteStore
-from bridge.voxys import Pacer, Reply, Verdict, VoxysClient, classify, parse_retry_after
+from bridge.voxys import (
+    PACE_MARGIN,
+    Pacer,
+    Reply,
+    Verdict,
+    VoxysClient,
+    classify,
+    parse_retry_after,
+)
 from tests.conftest import VOXYS_TOKEN, WriteConfig
 
 NOW = 1_700_000_000.0
@@ -439,12 +447,12 @@ async def test_after_an_idle_spell_the_pacer_does_not_let_a_burst_through() -> N
 async def test_a_429_halves_the_pace_and_successes_win_it_back() -> None:
     now = [0.0]
     pacer = Pacer(RateLimit(requests=10, per_seconds=1), clock=lambda: now[0])
-    assert pacer.interval == pytest.approx(0.1005)
+    assert pacer.interval == pytest.approx(0.1 * PACE_MARGIN)
     pacer.throttled()
-    assert pacer.interval == pytest.approx(0.201)
+    assert pacer.interval == pytest.approx(0.2 * PACE_MARGIN)
     now[0] += 0.5
     pacer.succeeded()  # within a window of the decrease: no change yet
-    assert pacer.interval == pytest.approx(0.201)
+    assert pacer.interval == pytest.approx(0.2 * PACE_MARGIN)
     now[0] += 1.0
     pacer.succeeded()
     assert pacer.fraction == pytest.approx(0.6)

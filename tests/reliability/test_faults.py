@@ -24,12 +24,13 @@ from bridge.fakevoxys import Answer, FakeVoxys
 from bridge.ingest import Runtime
 from bridge.models import Evaluation, Event, LeadStatus, Outcome, Transition
 from bridge.store.sqlite import SqliteStore
-from bridge.voxys import VoxysClient
+from bridge.voxys import PACE_MARGIN, VoxysClient
 from tests.reliability.conftest import VOXYS_TOKEN, bridge_config, write_yaml
 
 pytestmark = [pytest.mark.reliability, pytest.mark.timeout(60)]
 
 RATE = 20  # requests per second the bridge is configured to send at most
+RATE_WINDOW_S = 1.0  # ... per this window (voxys.rate_limit.per_seconds)
 LEADS = 12
 MAX_ATTEMPTS = 40
 INITIAL_BACKOFF_S = 0.05
@@ -149,11 +150,14 @@ async def test_an_outage_longer_than_several_backoffs_ends_delivered_without_a_b
     await r.queue(range(1, LEADS + 1))
     r.start()
     started = time.monotonic()
-    await asyncio.sleep(outage_s)  # the outage itself: the fault lasts this long
+    # A new deliverer sends nothing in its first rate-limit window (Pacer.quiet_window);
+    # the outage is measured from the end of it.
+    quiet_s = RATE_WINDOW_S * PACE_MARGIN
+    await asyncio.sleep(quiet_s + outage_s)  # the outage itself: the fault lasts this long
     attempts_during = sum(row[2] for row in r.rows())
     await r.fake.start(port=port)
     rows = await r.settled(LEADS)
-    recovered_s = time.monotonic() - started - outage_s
+    recovered_s = time.monotonic() - started - quiet_s - outage_s
 
     delivered_once_each(r, rows)
     # Each lead is tried at most once per backoff.initial while Voxys is away.
