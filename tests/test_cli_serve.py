@@ -261,3 +261,41 @@ def test_healthcheck_says_healthy_while_the_server_runs_and_unhealthy_after(serv
     assert down.returncode == 1
     assert down.stderr.startswith(f"unhealthy: http://127.0.0.1:{port}/healthz")
     assert "Traceback" not in down.stderr
+
+
+async def test_sigterm_lets_a_patch_in_flight_finish_and_records_it(
+    write_config: WriteConfig, tmp_path: Path
+) -> None:
+    from bridge.fakevoxys import FakeVoxys
+    from tests.conftest import VOXYS_TOKEN
+
+    fake = FakeVoxys(tokens=VOXYS_TOKEN)
+    fake.latency = 1.0  # the PATCH is still in flight when SIGTERM arrives
+    url = await fake.start()
+    port = free_port()
+    config = write_config(port=port, voxys_url=url)
+    proc = start_server(config, port)
+    try:
+        assert await post_events(port, ["evt_graceful"]) == [200]
+
+        async def arrived() -> None:
+            while not fake.calls:
+                await asyncio.sleep(0.01)
+
+        await asyncio.wait_for(arrived(), 10)
+        proc.send_signal(signal.SIGTERM)
+        code = await asyncio.get_running_loop().run_in_executor(None, proc.wait, 30)
+        assert code == 0
+    finally:
+        proc.kill()
+        proc.wait()
+        proc.stderr.close()  # type: ignore[union-attr]
+        await fake.stop()
+    assert [c.status for c in fake.calls] == [200]  # answered, not cut off
+    store = open_store(f"sqlite:///{tmp_path / 'bridge.db'}")
+    await store.open()
+    try:
+        [entry] = await store.ledger(7, 5)
+    finally:
+        await store.close()
+    assert (entry.state, entry.attempts) == ("delivered", 1)  # recorded before exiting
