@@ -1,4 +1,5 @@
-"""Operating the bridge: dead letters, replay, a lead's ledger and stats, over HTTP and the CLI.
+"""Operating the bridge: dead letters, replay, a lead's ledger and stats, over HTTP (the CLI is in
+`admin_cli.py`).
 
 The operations are plain async functions over a Store (and a rules evaluator); the
 `/admin` routes and the `dead-letters | replay | explain | stats` commands are thin
@@ -8,27 +9,20 @@ must carry it as `Authorization: Bearer <token>`.
 
 from __future__ import annotations
 
-import argparse
-import asyncio
 import hmac
-import json
-import sys
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Literal, Protocol, TextIO, TypeVar
+from typing import Any, Literal, Protocol, TypeVar
 
 import structlog
 from aiohttp import web
 from aiohttp.typedefs import Handler
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, model_validator
 
-from bridge.bundle import Bundle
-from bridge.errors import BadRequest, ConfigError, RequestRejected, StorageError
+from bridge.errors import BadRequest, RequestRejected, StorageError
 from bridge.ingest import RUNTIME, Runtime
 from bridge.models import Evaluation, Event, Outcome
-from bridge.store import open_store
 from bridge.store.base import LedgerEntry, Store
 
 log = structlog.get_logger("bridge.admin")
@@ -301,178 +295,3 @@ def mount(app: web.Application, runtime: Runtime) -> None:
     """Add the `/admin` routes to `app` when `admin.token` is set; without it they do not exist."""
     if runtime.bundle.config.admin.token is not None:
         app.add_subapp("/admin", admin_app())
-
-
-# --- CLI ------------------------------------------------------------------------------
-
-
-class UsageError(Exception):
-    """A command-line argument the operation cannot use."""
-
-
-def parse_lead(value: str, default_account: int | None) -> tuple[int, int]:
-    """`ACCOUNT/LEAD`, or `LEAD` in the configured voxys.account_id."""
-    account, sep, lead = value.rpartition("/")
-    if not sep and default_account is None:
-        raise UsageError("--lead wants ACCOUNT/LEAD: voxys.account_id is not configured")
-    try:
-        return (int(account) if sep else default_account or 0), int(lead)
-    except ValueError:
-        raise UsageError(f"--lead wants ACCOUNT/LEAD or LEAD as integers, not {value!r}") from None
-
-
-def cli_main(
-    command: str,
-    args: argparse.Namespace,
-    bundle: Bundle,
-    out: TextIO = sys.stdout,
-    err: TextIO = sys.stderr,
-) -> int:
-    """Run `dead-letters | replay | explain | stats` on the configured store; the exit code."""
-    try:
-        return asyncio.run(_run(command, args, bundle, out))
-    except UsageError as exc:
-        print(f"error: {exc}", file=err)
-        return 2
-    except ConfigError as exc:
-        print(f"error: {exc}", file=err)
-        return 2
-    except StorageError as exc:
-        print(f"error: storage unavailable: {exc}", file=err)
-        return 1
-
-
-async def _run(command: str, args: argparse.Namespace, bundle: Bundle, out: TextIO) -> int:
-    as_json: bool = getattr(args, "json", False)
-    selection: ReplayRequest | None = None
-    lead: tuple[int, int] | None = None
-    if command == "replay":  # validate before touching the store
-        fields = {"ids": args.id, "outcome": args.outcome, "since": args.since}
-        try:
-            selection = ReplayRequest.model_validate({k: v for k, v in fields.items() if v})
-        except ValidationError as exc:
-            raise UsageError(describe(exc)) from None
-    elif command == "explain":
-        lead = parse_lead(args.lead, bundle.config.voxys.account_id)
-    elif command not in ("dead-letters", "stats"):
-        raise UsageError(f"unknown command {command!r}")
-    store = open_store(bundle.config.storage.url)
-    await store.open()
-    try:
-        now = time.time()
-        if command == "dead-letters" and args.action == "retry":
-            count = await retry(store, args.id or None, now)
-            _emit(out, as_json, {"ok": True, "queued": count}, f"re-queued {count} dead letter(s)")
-        elif command == "dead-letters":
-            entries = await list_dead(store)
-            rows = [dead_letter_json(e) for e in entries]
-            _emit(out, as_json, rows, _dead_table(entries))
-        elif command == "replay":
-            assert selection is not None
-            result = (await replay(store, bundle.rules, selection, now)).as_json()
-            _emit(out, as_json, result, _replay_text(result))
-        elif command == "explain":
-            assert lead is not None
-            entries = await explain(store, *lead)
-            text = (
-                _ledger_table(entries)
-                if entries
-                else f"no transitions for lead {lead[0]}/{lead[1]}"
-            )
-            _emit(out, as_json, [ledger_json(e) for e in entries], text)
-        else:
-            body = await stats(store, now)
-            _emit(out, as_json, body, _stats_text(body))
-    finally:
-        await store.close()
-    return 0
-
-
-def _emit(out: TextIO, as_json: bool, data: Any, text: str) -> None:
-    print(json.dumps(data, indent=2) if as_json else text, file=out)
-
-
-def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    """Left-aligned columns, `-` for missing values."""
-    cells = [[("-" if v is None else str(v)) for v in row] for row in rows]
-    widths = [max(len(h), *(len(r[i]) for r in cells)) for i, h in enumerate(headers)]
-    lines = [headers, *cells]
-    return "\n".join(
-        "  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip() for line in lines
-    )
-
-
-def _when(ts: float | None) -> str | None:
-    return None if ts is None else datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
-
-
-def _dead_table(entries: Sequence[LedgerEntry]) -> str:
-    if not entries:
-        return "no dead letters"
-    headers = [
-        "id",
-        "lead",
-        "status",
-        "rule",
-        "source/event_id",
-        "attempts",
-        "http",
-        "last attempt",
-        "reason",
-    ]
-    rows = [
-        [
-            e.id,
-            f"{e.account_id}/{e.lead_id}",
-            e.status,
-            e.rule,
-            f"{e.source}/{e.event_id}",
-            e.attempts,
-            e.http_status,
-            _when(e.last_attempt_at),
-            e.reason,
-        ]
-        for e in entries
-    ]
-    return table(headers, rows)
-
-
-def _ledger_table(entries: Sequence[LedgerEntry]) -> str:
-    headers = ["time", "status", "state", "rule", "source/event_id", "attempts", "reason"]
-    rows = [
-        [
-            _when(e.occurred_at),
-            e.status,
-            e.state,
-            e.rule,
-            f"{e.source}/{e.event_id}",
-            e.attempts,
-            e.reason,
-        ]
-        for e in entries
-    ]
-    return table(headers, rows)
-
-
-def _replay_text(result: dict[str, Any]) -> str:
-    outcomes = ", ".join(f"{k} {v}" for k, v in result["outcomes"].items())
-    lines = [
-        f"replayed {result['events']} event(s): {outcomes}",
-        f"queued {result['transitions']} transition(s)",
-    ]
-    if result["skipped_matched"]:
-        lines.append(f"skipped {result['skipped_matched']} already matched event(s)")
-    if result["truncated"]:
-        lines.append(f"stopped at {REPLAY_LIMIT} events: run again for the rest")
-    return "\n".join(lines)
-
-
-def _stats_text(body: dict[str, Any]) -> str:
-    age = body["oldest_pending_age_s"]
-    rows = [[f"transitions {k}", v] for k, v in body["transitions"].items()]
-    rows += [[f"events {k}", v] for k, v in body["events"].items()]
-    rows += [
-        ["retrying", body["retrying"]],
-        ["oldest pending", None if age is None else f"{age:.1f}s"],
-    ]
-    return table(["counter", "value"], rows)

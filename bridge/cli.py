@@ -151,9 +151,9 @@ def cmd_admin(args: argparse.Namespace) -> int:
     bundle = _load(args.config, sys.stderr)
     if bundle is None:
         return 2
-    from bridge import admin
+    from bridge import admin_cli
 
-    return admin.cli_main(args.command, args, bundle)
+    return admin_cli.cli_main(args.command, args, bundle)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -17,7 +17,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 import bridge
-from bridge import admin
+from bridge import admin_cli
 from bridge.app import create_app
 from bridge.bundle import Bundle, load_bundle
 from bridge.ingest import RUNTIME, Runtime
@@ -389,7 +389,7 @@ def seeded(bundle: Bundle, work: Callable[[Store], Any]) -> None:
 
 def run_cli(command: str, bundle: Bundle, **args: Any) -> tuple[int, str, str]:
     out, err = io.StringIO(), io.StringIO()
-    code = admin.cli_main(command, argparse.Namespace(**args), bundle, out, err)
+    code = admin_cli.cli_main(command, argparse.Namespace(**args), bundle, out, err)
     return code, out.getvalue(), err.getvalue()
 
 
