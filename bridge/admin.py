@@ -1,10 +1,9 @@
-"""Operating the bridge: dead letters, replay, a lead's ledger and stats, over HTTP (the CLI is in
-`admin_cli.py`).
+"""Operating the bridge: dead letters, replay, a lead's ledger and stats, over HTTP.
 
 The operations are plain async functions over a Store (and a rules evaluator); the
-`/admin` routes and the `dead-letters | replay | explain | stats` commands are thin
-edges over them. The routes exist only when `admin.token` is set and every request
-must carry it as `Authorization: Bearer <token>`.
+`/admin` routes here and the `dead-letters | replay | explain | stats` commands
+(`admin_cli.py`) are thin edges over them. The routes exist only when `admin.token`
+is set, and every request must carry it as `Authorization: Bearer <token>`.
 """
 
 from __future__ import annotations
