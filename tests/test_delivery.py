@@ -13,10 +13,11 @@ import pytest
 
 from bridge.bundle import load_bundle
 from bridge.config import RateLimit, RetryConfig
-from bridge.delivery import Action, AuthPause, Deliverer, backoff, decide
+from bridge.delivery import Deliverer
 from bridge.fakevoxys import Answer, FakeVoxys, max_in_window
 from bridge.ingest import Runtime
 from bridge.models import Evaluation, Event, LeadStatus, Outcome, Transition
+from bridge.retry import Action, AuthPause, backoff, decide
 from bridge.store.base import QueuedTransition
 from bridge.store.sqlite import SqliteStore
 from bridge.voxys import (

@@ -19,10 +19,11 @@ from typing import Any
 import pytest
 
 from bridge.bundle import load_bundle
-from bridge.delivery import AuthPause, Deliverer
+from bridge.delivery import Deliverer
 from bridge.fakevoxys import Answer, FakeVoxys
 from bridge.ingest import Runtime
 from bridge.models import Evaluation, Event, LeadStatus, Outcome, Transition
+from bridge.retry import AuthPause
 from bridge.store.sqlite import SqliteStore
 from bridge.voxys import PACE_MARGIN, VoxysClient
 from tests.reliability.conftest import VOXYS_TOKEN, bridge_config, write_yaml

@@ -1,0 +1,137 @@
+"""Retry decisions, the pure core of delivery: what happens after one attempt.
+
+No I/O and no clock of its own: the transition's history, the answer, the time and the
+random source come in as arguments, so every rule here is a plain function test.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from enum import StrEnum
+
+from bridge.config import RetryConfig
+from bridge.store.base import QueuedTransition
+from bridge.voxys import Reply, Verdict, classify
+
+
+class Action(StrEnum):
+    DELIVERED = "delivered"
+    RETRY = "retry"  # back to pending at next_attempt_at
+    DEAD = "dead"
+    PAUSE = "pause"  # token refused: release without an attempt, pause the token
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    action: Action
+    next_attempt_at: float | None = None
+    counts: bool = True  # the attempt uses up one of retry.max_attempts
+    not_found: bool = False
+    reason: str | None = None
+
+
+def backoff(attempt: int, retry: RetryConfig, rng: random.Random) -> float:
+    """Exponential backoff with full jitter: uniform in [initial, min(max, initial * 2^(n-1))]."""
+    initial, ceiling = retry.backoff.initial, retry.backoff.max
+    cap = min(ceiling, initial * 2 ** min(attempt - 1, 60))
+    return rng.uniform(initial, max(initial, cap))
+
+
+def describe(reply: Reply) -> str:
+    """A short reason for logs and dead letters."""
+    if reply.status is None:
+        return reply.error or "no answer"
+    return f"HTTP {reply.status}" + (f": {reply.message}" if reply.message else "")
+
+
+def decide(
+    transition: QueuedTransition,
+    reply: Reply,
+    *,
+    now: float,
+    retry: RetryConfig,
+    rng: random.Random,
+) -> Decision:
+    """What to do after one attempt. Pure: time and randomness come in as arguments."""
+    verdict = classify(reply)
+    if verdict is Verdict.DELIVERED:
+        return Decision(Action.DELIVERED)
+    if verdict is Verdict.REFUSED:
+        return Decision(Action.PAUSE, counts=False, reason=describe(reply))
+    if verdict is Verdict.REJECTED:
+        return Decision(Action.DEAD, reason=describe(reply))
+    attempts = transition.attempts + 1  # counting this one
+    too_old = now - transition.created_at >= retry.max_age
+    if verdict is Verdict.NOT_FOUND:
+        tries = transition.not_found_attempts + 1
+        if tries >= retry.not_found.attempts:
+            return Decision(
+                Action.DEAD, reason=f"lead not found after {tries} attempts ({describe(reply)})"
+            )
+        if too_old:
+            return Decision(
+                Action.DEAD, reason=f"gave up after {retry.max_age:g} s: lead not found"
+            )
+        return Decision(
+            Action.RETRY,
+            next_attempt_at=now + retry.not_found.backoff,
+            not_found=True,
+            reason=describe(reply),
+        )
+    if verdict is Verdict.THROTTLED:
+        if too_old:
+            return Decision(Action.DEAD, reason=f"gave up after {retry.max_age:g} s: throttled")
+        wait = reply.retry_after if reply.retry_after is not None else retry.backoff.initial
+        return Decision(
+            Action.RETRY, next_attempt_at=now + wait, counts=False, reason=describe(reply)
+        )
+    # Verdict.RETRY: 408, 425, 5xx, timeout, connection error.
+    if attempts >= retry.max_attempts:
+        return Decision(Action.DEAD, reason=f"gave up after {attempts} attempts: {describe(reply)}")
+    if too_old:
+        return Decision(Action.DEAD, reason=f"gave up after {retry.max_age:g} s: {describe(reply)}")
+    wait = backoff(attempts, retry, rng)
+    if reply.retry_after is not None:
+        wait = max(wait, reply.retry_after)
+    return Decision(Action.RETRY, next_attempt_at=now + wait, reason=describe(reply))
+
+
+@dataclass
+class AuthPause:
+    """The state of a refused token: when to probe next, and how long after that."""
+
+    probe_initial: float = 30.0
+    probe_max: float = 300.0
+    paused: bool = False
+    next_probe_at: float = 0.0
+    interval: float = 30.0
+    probing: bool = False
+
+    def refuse(self, now: float) -> bool:
+        """Record a refusal; True when this starts a pause (log once per pause)."""
+        started = not self.paused
+        if started:
+            self.interval = self.probe_initial
+        elif self.probing:
+            self.interval = min(self.probe_max, self.interval * 2)
+        else:
+            return False  # a request that was already in flight when the pause began
+        self.paused = True
+        self.probing = False
+        self.next_probe_at = now + self.interval
+        return started
+
+    def recover(self) -> bool:
+        """Record an accepted request; True when this ends a pause."""
+        was = self.paused
+        self.paused = self.probing = False
+        return was
+
+    def may_send(self, now: float) -> int:
+        """How many requests may start now: unlimited (-1), one probe (1) or none (0)."""
+        if not self.paused:
+            return -1
+        if self.probing or now < self.next_probe_at:
+            return 0
+        return 1
