@@ -32,6 +32,17 @@ _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0
 _ENV = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
+def shown(value: Any, limit: int = 16) -> str:
+    """A value quoted in an error message, unless it is long enough to be a secret pasted
+    under the wrong key: errors are logged (hot reload), and logs must not carry secrets."""
+    text = repr(value)
+    return (
+        text
+        if len(text) <= limit
+        else f"(a {type(value).__name__} of {len(str(value))} characters)"
+    )
+
+
 def parse_duration(value: Any) -> float:
     """Seconds from a number or a string with a unit: `200ms`, `10s`, `5m`, `24h`, `30d`."""
     if isinstance(value, bool):
@@ -41,7 +52,9 @@ def parse_duration(value: Any) -> float:
     elif isinstance(value, str) and (m := _DURATION.match(value)):
         seconds = float(m.group(1)) * _UNITS[m.group(2)]
     else:
-        raise ValueError(f"invalid duration {value!r}: use seconds or 200ms, 10s, 5m, 24h, 30d")
+        raise ValueError(
+            f"invalid duration {shown(value)}: use seconds or 200ms, 10s, 5m, 24h, 30d"
+        )
     if seconds < 0:
         raise ValueError("a duration cannot be negative")
     return seconds

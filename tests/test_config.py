@@ -174,3 +174,16 @@ def test_a_lookup_csv_without_its_header_is_refused(
     path = write(tmp_path, MINIMAL + "lookups: {deals: {file: deals.csv}}\n")
     with pytest.raises(ConfigErrors, match="key,value"):
         load_config(path)
+
+
+def test_a_long_value_under_the_wrong_key_is_not_quoted_back(tmp_path: Path) -> None:
+    # A secret pasted into a duration field must not reach the logs via the error.
+    secret = "sk_live_51NzQv8Lk0pQrStUvWxYz"
+    path = tmp_path / "bridge.yaml"
+    path.write_text(f"voxys: {{api_token: t, timeout: {secret}}}\n")
+    with pytest.raises(ConfigErrors) as caught:
+        load_config(path)
+    message = str(caught.value)
+    assert "voxys.timeout" in message
+    assert secret not in message
+    assert "(a str of 29 characters)" in message
