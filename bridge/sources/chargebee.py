@@ -10,14 +10,13 @@ timestamp there is no freshness check: a replay is dropped by that id.
 
 from __future__ import annotations
 
-import base64
 from typing import ClassVar
 
 from bridge.errors import BadRequest
 from bridge.models import Event
 from bridge.sources.base import Source, SourceSettings, WebhookRequest, decode_body
 from bridge.sources.fields import id_text, occurred_at
-from bridge.sources.signing import BasicAuth, check_basic_auth
+from bridge.sources.signing import BasicAuth, basic_authorization, check_basic_auth
 
 
 class ChargebeeSettings(SourceSettings):
@@ -52,8 +51,7 @@ class ChargebeeSource(Source):
     ) -> dict[str, str]:
         """`Authorization: Basic` with the configured credentials, as Chargebee sends it."""
         credentials = self._credentials
-        pair = f"{credentials.username}:{credentials.password.get_secret_value()}"
-        authorization = "Basic " + base64.b64encode(pair.encode("utf-8")).decode("ascii")
+        authorization = basic_authorization(credentials.username, credentials.password)
         return {"Content-Type": content_type, "Authorization": authorization}
 
     def parse(self, request: WebhookRequest, received_at: float) -> list[Event]:

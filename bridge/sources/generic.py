@@ -52,6 +52,7 @@ from bridge.sources.signing import (
     BasicAuth,
     Secrets,
     Tolerance,
+    basic_authorization,
     check_basic_auth,
     check_freshness,
     decode_signature,
@@ -256,8 +257,7 @@ class GenericSource(Source):
             text = digest.hex() if verify.encoding == "hex" else base64.b64encode(digest).decode()
             headers[verify.header] = verify.prefix + text
         elif isinstance(verify, BasicVerify):
-            pair = f"{verify.username}:{verify.password.get_secret_value()}".encode()
-            headers["Authorization"] = "Basic " + base64.b64encode(pair).decode("ascii")
+            headers["Authorization"] = basic_authorization(verify.username, verify.password)
         elif isinstance(verify, TokenVerify) and verify.header is not None:
             headers[verify.header] = verify.prefix + self._first_secret()
         return headers

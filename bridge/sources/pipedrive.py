@@ -13,14 +13,13 @@ set on the webhook as `Authorization: Basic` (Pipedrive "Guide for Webhooks").
 
 from __future__ import annotations
 
-import base64
 from typing import Any, ClassVar
 
 from bridge.errors import BadRequest
 from bridge.models import Event
 from bridge.sources.base import Source, SourceSettings, WebhookRequest, decode_body
 from bridge.sources.fields import canonical_sha256, id_text, occurred_at
-from bridge.sources.signing import BasicAuth, check_basic_auth
+from bridge.sources.signing import BasicAuth, basic_authorization, check_basic_auth
 
 _V1_KEYS = ("event", "current", "previous")
 
@@ -67,8 +66,7 @@ class PipedriveSource(Source):
     ) -> dict[str, str]:
         """`Authorization: Basic` with the configured credentials, as Pipedrive sends it."""
         credentials = self._credentials
-        pair = f"{credentials.username}:{credentials.password.get_secret_value()}"
-        authorization = "Basic " + base64.b64encode(pair.encode("utf-8")).decode("ascii")
+        authorization = basic_authorization(credentials.username, credentials.password)
         return {"Content-Type": content_type, "Authorization": authorization}
 
     def parse(self, request: WebhookRequest, received_at: float) -> list[Event]:

@@ -115,6 +115,12 @@ def decode_signature(text: str, encoding: Literal["hex", "base64"]) -> bytes | N
         return None
 
 
+def basic_authorization(username: str, password: SecretStr) -> str:
+    """The `Authorization: Basic` value a sender with these credentials sends (RFC 7617)."""
+    pair = f"{username}:{password.get_secret_value()}".encode()
+    return "Basic " + base64.b64encode(pair).decode("ascii")
+
+
 def check_basic_auth(request: WebhookRequest, credentials: BasicAuth) -> None:
     """Refuse a request whose `Authorization: Basic` credentials differ (RFC 7617)."""
     header = require_header(request, "Authorization")
