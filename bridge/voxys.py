@@ -136,10 +136,11 @@ class Pacer:
     """At most `requests` sends in any window of `per_seconds`, adapting to 429s (AIMD).
 
     Two parts. An `aiolimiter.AsyncLimiter` holding two requests, refilled at the current
-    rate, spreads the sends out; holding two rather than one keeps a waiter that wakes a
-    little late from losing that time, so the mean rate stays at the limit. A log of the
-    last `requests` send times is the hard guarantee: a send waits until the oldest of
-    them has left the window, whatever the bucket allowed.
+    rate, spreads the sends out (`acquire`); holding two rather than one keeps a waiter
+    that wakes a little late from losing that time, so the mean rate stays at the limit.
+    A log of the last `requests` send times is the hard guarantee (`commit`, as late as
+    possible before the bytes leave): a send waits until the oldest of them has left the
+    window, whatever the bucket allowed.
     """
 
     def __init__(self, rate: RateLimit | None, clock: Callable[[], float] = time.monotonic):
@@ -164,26 +165,43 @@ class Pacer:
         return base * PACE_MARGIN / self.fraction
 
     async def acquire(self) -> None:
-        """Wait for the next send slot."""
+        """Stage one, before the request: wait for the pace (and any Retry-After pause)."""
         start = self.clock()
         while (delay := self._not_before - self.clock()) > 0:  # noqa: ASYNC110 - a timer
             await asyncio.sleep(delay)
         if self._limiter is None or self.configured is None:
             return
         await self._limiter.acquire()
-        window = self.configured.per_seconds * PACE_MARGIN + ARRIVAL_JITTER_S
-        while True:
-            now = self.clock()
-            if (delay := self._not_before - now) > 0:  # a Retry-After that came meanwhile
-                await asyncio.sleep(delay)
-                continue
-            full = len(self._sent) == self._sent.maxlen
-            if full and (delay := self._sent[0] + window - now) > 0:
-                await asyncio.sleep(delay)
-                continue
-            self._sent.append(now)
-            break
+        # A Retry-After may have come meanwhile; and no use going on while the window is
+        # full (commit would only hold the request back inside its timeout).
+        while (delay := max(self._not_before - self.clock(), self._window_wait())) > 0:  # noqa: ASYNC110
+            await asyncio.sleep(delay)
+        self.waited_s += self.clock() - start
+
+    async def commit(self) -> None:
+        """Stage two, with a connection in hand, right before the request is written: the
+        hard guarantee. Waits while the window is full, then logs the send.
+
+        Checked here rather than in `acquire` because opening a connection can take a
+        loaded event loop tens of milliseconds, while a later request on a pooled
+        connection goes out at once: counted at `acquire`, the late one would land in
+        the next window beside a full window's worth of others.
+        """
+        if self.configured is None:
+            return
+        start = self.clock()
+        while (delay := self._window_wait()) > 0:  # noqa: ASYNC110 - a timer
+            await asyncio.sleep(delay)
+        now = self.clock()
+        self._sent.append(now)
         self.waited_s += now - start
+
+    def _window_wait(self) -> float:
+        """Seconds until one more send fits in the window (0 when it fits now)."""
+        if self.configured is None or len(self._sent) < (self._sent.maxlen or 0):
+            return 0.0
+        window = self.configured.per_seconds * PACE_MARGIN + ARRIVAL_JITTER_S
+        return max(0.0, self._sent[0] + window - self.clock())
 
     def quiet_window(self) -> None:
         """Send nothing for one full window: whoever sent before us (a process that just
@@ -235,11 +253,20 @@ class VoxysClient:
 
     async def start(self) -> None:
         connector = aiohttp.TCPConnector(limit=self._limit, ttl_dns_cache=300)
+        # The pacer's hard check runs once the request has its connection, pooled or new,
+        # immediately before aiohttp writes it (see Pacer.commit).
+        trace = aiohttp.TraceConfig()
+        trace.on_connection_reuseconn.append(self._commit)
+        trace.on_connection_create_end.append(self._commit)
         self._session = aiohttp.ClientSession(
             connector=connector,
             timeout=self._timeout,
             headers={"User-Agent": USER_AGENT, "Accept": "application/json"},
+            trace_configs=[trace],
         )
+
+    async def _commit(self, _session: object, _context: object, _params: object) -> None:
+        await self.pacer.commit()
 
     async def close(self) -> None:
         if self._session is not None:

@@ -424,6 +424,7 @@ async def test_the_pacer_never_exceeds_the_limit_in_any_window_yet_keeps_up_with
     async def send(n: int) -> None:
         for _ in range(n):
             await pacer.acquire()
+            await pacer.commit()
             sent.append(time.monotonic())
 
     await asyncio.gather(*(send(10) for _ in range(6)))  # a backlog of 60, 6 senders
@@ -437,12 +438,34 @@ async def test_after_an_idle_spell_the_pacer_does_not_let_a_burst_through() -> N
     sent: list[float] = []
     for _ in range(10):
         await pacer.acquire()
+        await pacer.commit()
         sent.append(time.monotonic())
     await asyncio.sleep(0.35)  # idle: a full-size token bucket would refill here
     for _ in range(10):
         await pacer.acquire()
+        await pacer.commit()
         sent.append(time.monotonic())
     assert max_in_window(sent, 0.3) <= 10
+
+
+async def test_a_request_whose_connection_came_late_still_fits_the_window() -> None:
+    # Paced, then held up opening a connection, while later ones went out on pooled
+    # connections: the window is counted when each one actually leaves (commit).
+    pacer = Pacer(RateLimit(requests=5, per_seconds=0.3))
+    sent: list[float] = []
+
+    async def prompt() -> None:
+        await pacer.acquire()
+        await pacer.commit()
+        sent.append(time.monotonic())
+
+    await pacer.acquire()  # the late one is paced first ...
+    prompts = asyncio.gather(*(prompt() for _ in range(9)))
+    await asyncio.sleep(0.35)  # ... then its connection takes longer than a window
+    await pacer.commit()
+    sent.append(time.monotonic())
+    await prompts
+    assert max_in_window(sent, 0.3) <= 5
 
 
 async def test_a_429_halves_the_pace_and_successes_win_it_back() -> None:
