@@ -150,3 +150,11 @@ def decode_body(request: WebhookRequest) -> Any:
             raise BadRequest("malformed form body") from exc
         return {k: v[0] if len(v) == 1 else v for k, v in form.items()}
     raise UnsupportedMediaType(f"unsupported content type {ctype!r}")
+
+
+def decode_object(request: WebhookRequest, what: str) -> dict[str, Any]:
+    """`decode_body` for senders whose body is one JSON object; 400 `<what> is not ...`."""
+    payload = decode_body(request)
+    if not isinstance(payload, dict):
+        raise BadRequest(f"{what} is not a JSON object")
+    return payload

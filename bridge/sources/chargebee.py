@@ -14,50 +14,23 @@ from typing import ClassVar
 
 from bridge.errors import BadRequest
 from bridge.models import Event
-from bridge.sources.base import Source, SourceSettings, WebhookRequest, decode_body
+from bridge.sources.base import SourceSettings, WebhookRequest, decode_object
+from bridge.sources.basic import BasicAuthSettings, BasicAuthSource
 from bridge.sources.fields import id_text, occurred_at
-from bridge.sources.signing import BasicAuth, basic_authorization, check_basic_auth
 
 
-class ChargebeeSettings(SourceSettings):
+class ChargebeeSettings(BasicAuthSettings):
     """`{preset: chargebee, basic_auth: {username: u, password: p}}`."""
 
-    basic_auth: BasicAuth
 
-
-class ChargebeeSource(Source):
+class ChargebeeSource(BasicAuthSource):
     """A Chargebee webhook endpoint (`preset: chargebee`)."""
 
     preset: ClassVar[str] = "chargebee"
     settings_model: ClassVar[type[SourceSettings]] = ChargebeeSettings
 
-    def __init__(self, key: str, settings: SourceSettings, *, public_url: str) -> None:
-        super().__init__(key, settings, public_url=public_url)
-        if not isinstance(settings, ChargebeeSettings):
-            raise TypeError("ChargebeeSource needs ChargebeeSettings")
-        self._credentials = settings.basic_auth
-
-    def verify(self, request: WebhookRequest, now: float) -> None:
-        check_basic_auth(request, self._credentials)
-
-    def sign(
-        self,
-        body: bytes,
-        *,
-        now: float,
-        path: str,
-        query_string: str = "",
-        content_type: str = "application/json",
-    ) -> dict[str, str]:
-        """`Authorization: Basic` with the configured credentials, as Chargebee sends it."""
-        credentials = self._credentials
-        authorization = basic_authorization(credentials.username, credentials.password)
-        return {"Content-Type": content_type, "Authorization": authorization}
-
     def parse(self, request: WebhookRequest, received_at: float) -> list[Event]:
-        payload = decode_body(request)
-        if not isinstance(payload, dict):
-            raise BadRequest("Chargebee event is not a JSON object")
+        payload = decode_object(request, "Chargebee event")
         event_id = id_text(payload.get("id"))
         if event_id is None:
             raise BadRequest("Chargebee event without id")

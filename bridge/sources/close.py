@@ -12,8 +12,6 @@ from __future__ import annotations
 
 from typing import Annotated, ClassVar
 
-from pydantic import AfterValidator, SecretStr
-
 from bridge.errors import BadRequest, Unauthorized
 from bridge.models import Event
 from bridge.sources.base import Source, SourceSettings, WebhookRequest, decode_body
@@ -24,6 +22,7 @@ from bridge.sources.signing import (
     Tolerance,
     check_freshness,
     decode_signature,
+    each_secret,
     hmac_digest,
     matches_any,
     parse_timestamp,
@@ -46,16 +45,10 @@ def signing_key(secret: str) -> bytes:
     return key
 
 
-def _hex_secrets(secrets: tuple[SecretStr, ...]) -> tuple[SecretStr, ...]:
-    for secret in secrets:
-        signing_key(secret.get_secret_value())
-    return secrets
-
-
 class CloseSettings(SourceSettings):
     """`{preset: close, secret: <signature_key hex> | [...], tolerance: 300}`."""
 
-    secret: Annotated[Secrets, AfterValidator(_hex_secrets)]
+    secret: Annotated[Secrets, each_secret(signing_key)]
     tolerance: Tolerance = DEFAULT_TOLERANCE
 
 

@@ -30,7 +30,7 @@ from pydantic import AfterValidator, BeforeValidator, SecretStr, model_validator
 
 from bridge.errors import BadRequest, Unauthorized
 from bridge.models import Event
-from bridge.sources.base import Source, SourceSettings, WebhookRequest, decode_body
+from bridge.sources.base import Source, SourceSettings, WebhookRequest, decode_body, decode_object
 from bridge.sources.fields import body_sha256, epoch_seconds, id_text, occurred_at
 from bridge.sources.signing import Tolerance, check_freshness, decode_signature, require_header
 
@@ -174,9 +174,7 @@ class HighLevelSource(Source):
         return {"Content-Type": content_type, HEADER: signature}
 
     def parse(self, request: WebhookRequest, received_at: float) -> list[Event]:
-        payload = decode_body(request)
-        if not isinstance(payload, dict):
-            raise BadRequest("HighLevel event is not a JSON object")
+        payload = decode_object(request, "HighLevel event")
         # Workflow webhooks may lack a webhookId; the body hash still deduplicates retries.
         event_id = id_text(payload.get("webhookId")) or body_sha256(request.body)
         return [

@@ -14,7 +14,7 @@ from typing import ClassVar
 
 from bridge.errors import BadRequest, Unauthorized
 from bridge.models import Event
-from bridge.sources.base import Source, SourceSettings, WebhookRequest, decode_body
+from bridge.sources.base import Source, SourceSettings, WebhookRequest, decode_object
 from bridge.sources.fields import id_text, occurred_at
 from bridge.sources.signing import (
     DEFAULT_TOLERANCE,
@@ -23,7 +23,7 @@ from bridge.sources.signing import (
     check_freshness,
     hmac_digest,
     matches_any,
-    parse_timestamp,
+    parse_keyed_header,
     require_header,
     secret_bytes,
 )
@@ -42,22 +42,9 @@ class PaddleSettings(SourceSettings):
 
 def parse_signature_header(header: str) -> tuple[str, list[str]]:
     """The timestamp text (digits) and the `h1` signatures of a `Paddle-Signature` header."""
-    timestamp: str | None = None
-    signatures: list[str] = []
-    for item in header.split(";"):
-        key, sep, value = item.strip().partition("=")
-        if not sep:
-            continue
-        if key == "ts" and timestamp is None:
-            timestamp = value.strip()
-        elif key == "h1":
-            signatures.append(value.strip())
-    if timestamp is None:
-        raise Unauthorized(f"no timestamp in {HEADER} header")
-    if not signatures:
-        raise Unauthorized(f"no h1 signature in {HEADER} header")
-    parse_timestamp(timestamp, f"{HEADER} timestamp")
-    return timestamp, signatures
+    return parse_keyed_header(
+        header, name=HEADER, separator=";", timestamp_key="ts", signature_key="h1"
+    )
 
 
 def signed_content(timestamp: str, body: bytes) -> bytes:
@@ -102,9 +89,7 @@ class PaddleSource(Source):
         return {"Content-Type": content_type, HEADER: f"ts={timestamp};h1={signature}"}
 
     def parse(self, request: WebhookRequest, received_at: float) -> list[Event]:
-        payload = decode_body(request)
-        if not isinstance(payload, dict):
-            raise BadRequest("Paddle event is not a JSON object")
+        payload = decode_object(request, "Paddle event")
         event_id = id_text(payload.get("event_id"))
         if event_id is None:
             raise BadRequest("Paddle event without event_id")

@@ -17,17 +17,15 @@ from typing import Any, ClassVar
 
 from bridge.errors import BadRequest
 from bridge.models import Event
-from bridge.sources.base import Source, SourceSettings, WebhookRequest, decode_body
+from bridge.sources.base import SourceSettings, WebhookRequest, decode_object
+from bridge.sources.basic import BasicAuthSettings, BasicAuthSource
 from bridge.sources.fields import canonical_sha256, id_text, occurred_at
-from bridge.sources.signing import BasicAuth, basic_authorization, check_basic_auth
 
 _V1_KEYS = ("event", "current", "previous")
 
 
-class PipedriveSettings(SourceSettings):
+class PipedriveSettings(BasicAuthSettings):
     """`{preset: pipedrive, basic_auth: {username: u, password: p}}`."""
-
-    basic_auth: BasicAuth
 
 
 def webhook_version(payload: dict[str, Any]) -> int:
@@ -40,39 +38,14 @@ def webhook_version(payload: dict[str, Any]) -> int:
     raise BadRequest("not a Pipedrive webhook (neither v2 meta.version nor v1 fields)")
 
 
-class PipedriveSource(Source):
+class PipedriveSource(BasicAuthSource):
     """A Pipedrive webhook endpoint (`preset: pipedrive`)."""
 
     preset: ClassVar[str] = "pipedrive"
     settings_model: ClassVar[type[SourceSettings]] = PipedriveSettings
 
-    def __init__(self, key: str, settings: SourceSettings, *, public_url: str) -> None:
-        super().__init__(key, settings, public_url=public_url)
-        if not isinstance(settings, PipedriveSettings):
-            raise TypeError("PipedriveSource needs PipedriveSettings")
-        self._credentials = settings.basic_auth
-
-    def verify(self, request: WebhookRequest, now: float) -> None:
-        check_basic_auth(request, self._credentials)
-
-    def sign(
-        self,
-        body: bytes,
-        *,
-        now: float,
-        path: str,
-        query_string: str = "",
-        content_type: str = "application/json",
-    ) -> dict[str, str]:
-        """`Authorization: Basic` with the configured credentials, as Pipedrive sends it."""
-        credentials = self._credentials
-        authorization = basic_authorization(credentials.username, credentials.password)
-        return {"Content-Type": content_type, "Authorization": authorization}
-
     def parse(self, request: WebhookRequest, received_at: float) -> list[Event]:
-        payload = decode_body(request)
-        if not isinstance(payload, dict):
-            raise BadRequest("Pipedrive webhook is not a JSON object")
+        payload = decode_object(request, "Pipedrive webhook")
         meta = payload.get("meta")
         meta = meta if isinstance(meta, dict) else {}
         if webhook_version(payload) == 2:

@@ -22,7 +22,7 @@ from typing import ClassVar
 
 from bridge.errors import BadRequest, Unauthorized
 from bridge.models import Event
-from bridge.sources.base import Source, SourceSettings, WebhookRequest, decode_body
+from bridge.sources.base import Source, SourceSettings, WebhookRequest, decode_object
 from bridge.sources.fields import occurred_at
 from bridge.sources.signing import (
     Secrets,
@@ -102,9 +102,7 @@ class ShopifySource(Source):
         event_id = shopify_event_id(request)
         if event_id is None:
             raise BadRequest(f"missing {EVENT_ID_HEADERS[0]} header")
-        payload = decode_body(request)
-        if not isinstance(payload, dict):
-            raise BadRequest("Shopify payload is not a JSON object")
+        payload = decode_object(request, "Shopify payload")
         # The HMAC header's name has no word the generic filter knows; it is not kept.
         headers = {k: v for k, v in request.safe_headers().items() if k != HMAC_HEADER.lower()}
         return [

@@ -11,7 +11,7 @@ import binascii
 import hashlib
 import hmac
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, SecretStr
@@ -139,3 +139,39 @@ def check_basic_auth(request: WebhookRequest, credentials: BasicAuth) -> None:
     pass_ok = hmac.compare_digest(password, credentials.password.get_secret_value().encode("utf-8"))
     if not (user_ok & pass_ok):
         raise Unauthorized("invalid credentials")
+
+
+def parse_keyed_header(
+    header: str, *, name: str, separator: str, timestamp_key: str, signature_key: str
+) -> tuple[str, list[str]]:
+    """`t=…,v1=…,v1=…` style headers (Stripe, Paddle): the first timestamp's text and every
+    signature under `signature_key`; other keys are ignored. Refuses a header without a
+    timestamp, without a signature, or whose timestamp is not a number."""
+    timestamp: str | None = None
+    signatures: list[str] = []
+    for item in header.split(separator):
+        key, sep, value = item.strip().partition("=")
+        if not sep:
+            continue
+        if key == timestamp_key and timestamp is None:
+            timestamp = value.strip()
+        elif key == signature_key:
+            signatures.append(value.strip())
+    if timestamp is None:
+        raise Unauthorized(f"no timestamp in {name} header")
+    if not signatures:
+        raise Unauthorized(f"no {signature_key} signature in {name} header")
+    parse_timestamp(timestamp, f"{name} timestamp")
+    return timestamp, signatures
+
+
+def each_secret(decode: Callable[[str], object]) -> AfterValidator:
+    """A settings validator: every configured secret must pass `decode` (hex, base64 …),
+    so a malformed one is a config error at load, not a 401 for every request."""
+
+    def check(secrets: tuple[SecretStr, ...]) -> tuple[SecretStr, ...]:
+        for secret in secrets:
+            decode(secret.get_secret_value())
+        return secrets
+
+    return AfterValidator(check)

@@ -16,11 +16,9 @@ import binascii
 import hashlib
 from typing import Annotated, ClassVar
 
-from pydantic import AfterValidator, SecretStr
-
 from bridge.errors import BadRequest, Unauthorized
 from bridge.models import Event
-from bridge.sources.base import Source, SourceSettings, WebhookRequest, decode_body
+from bridge.sources.base import Source, SourceSettings, WebhookRequest, decode_object
 from bridge.sources.fields import occurred_at
 from bridge.sources.signing import (
     DEFAULT_TOLERANCE,
@@ -28,6 +26,7 @@ from bridge.sources.signing import (
     Tolerance,
     check_freshness,
     decode_signature,
+    each_secret,
     hmac_digest,
     matches_any,
     parse_timestamp,
@@ -50,16 +49,10 @@ def signing_key(secret: str) -> bytes:
     return key
 
 
-def _base64_secrets(secrets: tuple[SecretStr, ...]) -> tuple[SecretStr, ...]:
-    for secret in secrets:
-        signing_key(secret.get_secret_value())
-    return secrets
-
-
 class StandardWebhooksSettings(SourceSettings):
     """`{preset: standard-webhooks, secret: whsec_<base64> | [...], tolerance: 300}`."""
 
-    secret: Annotated[Secrets, AfterValidator(_base64_secrets)]
+    secret: Annotated[Secrets, each_secret(signing_key)]
     tolerance: Tolerance = DEFAULT_TOLERANCE
 
 
@@ -139,9 +132,7 @@ class StandardWebhooksSource(Source):
         msg_id = request.header(f"{header_prefix(request)}-id")
         if msg_id is None or not msg_id.strip():
             raise BadRequest("missing webhook-id header")
-        payload = decode_body(request)
-        if not isinstance(payload, dict):
-            raise BadRequest("Standard Webhooks payload is not a JSON object")
+        payload = decode_object(request, "Standard Webhooks payload")
         return [
             Event(
                 source=self.key,

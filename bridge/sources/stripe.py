@@ -13,7 +13,7 @@ from typing import ClassVar
 
 from bridge.errors import BadRequest, Unauthorized
 from bridge.models import Event
-from bridge.sources.base import Source, SourceSettings, WebhookRequest, decode_body
+from bridge.sources.base import Source, SourceSettings, WebhookRequest, decode_object
 from bridge.sources.fields import id_text, occurred_at
 from bridge.sources.signing import (
     DEFAULT_TOLERANCE,
@@ -22,6 +22,7 @@ from bridge.sources.signing import (
     check_freshness,
     hmac_digest,
     matches_any,
+    parse_keyed_header,
     parse_timestamp,
     require_header,
     secret_bytes,
@@ -39,20 +40,9 @@ class StripeSettings(SourceSettings):
 
 def parse_signature_header(header: str) -> tuple[int, list[str]]:
     """The timestamp and the `v1` signatures of a `Stripe-Signature` header."""
-    timestamp: str | None = None
-    signatures: list[str] = []
-    for item in header.split(","):
-        key, sep, value = item.strip().partition("=")
-        if not sep:
-            continue
-        if key == "t" and timestamp is None:
-            timestamp = value
-        elif key == "v1":
-            signatures.append(value.strip())
-    if timestamp is None:
-        raise Unauthorized(f"no timestamp in {HEADER} header")
-    if not signatures:
-        raise Unauthorized(f"no v1 signature in {HEADER} header")
+    timestamp, signatures = parse_keyed_header(
+        header, name=HEADER, separator=",", timestamp_key="t", signature_key="v1"
+    )
     return parse_timestamp(timestamp, f"{HEADER} timestamp"), signatures
 
 
@@ -94,9 +84,7 @@ class StripeSource(Source):
         return {"Content-Type": content_type, HEADER: f"t={timestamp},v1={signature}"}
 
     def parse(self, request: WebhookRequest, received_at: float) -> list[Event]:
-        payload = decode_body(request)
-        if not isinstance(payload, dict):
-            raise BadRequest("Stripe event is not a JSON object")
+        payload = decode_object(request, "Stripe event")
         event_id = id_text(payload.get("id"))
         if event_id is None:
             raise BadRequest("Stripe event without id")
