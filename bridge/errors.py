@@ -77,3 +77,16 @@ class UnsupportedMediaType(RequestRejected):
 
 class StorageError(BridgeError):
     """The store could not durably write or read; webhooks are answered 503."""
+
+
+class LeaseLost(BridgeError):
+    """The store refused a delivery operation: the lease epoch it carried is not current.
+
+    Not a StorageError: retrying cannot help. Another process holds the delivery lease
+    now (or this one's term ended); the caller stops delivering and the new holder
+    recovers whatever this term had claimed.
+    """
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+        super().__init__(f"delivery lease epoch {epoch} is no longer current")

@@ -1,144 +1,105 @@
-"""The delivery lease: of all processes sharing one store, exactly one delivers.
+"""The delivery lease as the holder sees it: an epoch and how long it may still act.
 
-Ingest scales out (every process answers webhooks); delivery does not need to, since
-the Voxys rate limit bounds it, and one deliverer keeps the rate limit, per-lead order
-and coalescing exact without coordination. Whoever holds the lease delivers; when the
-holder dies its lock dies with it and another process takes over at its next try.
+Of all processes sharing one store exactly one delivers: the holder of the lease, a
+record in the store with a holder, an epoch that grows at every acquisition and an
+expiry set by the database's clock (see `bridge/store/base.py` Lease). This module is
+the pure half: the timing rules, driven by an injected monotonic clock.
 
-- SQLite (`server.workers: N` on one machine): an exclusive `flock` on `<db>.lease`.
-  The kernel releases it when the holding process exits, however it exits.
-- PostgreSQL (replicas on several machines): a session advisory lock held on a
-  dedicated connection. The server releases it when that connection ends: at once when
-  the process dies, or after TCP keepalive notices a dead host.
-- A throwaway `sqlite://:memory:` store is private to one process: always held.
+- The holder renews every `ttl / 3`. A renewal sent at monotonic time `t` lets it act
+  until `t + ttl - margin`: the database set the expiry at or after `t`, so the holder
+  stops at least `margin` before anyone else may take over, whatever the network did
+  with the reply. (Monotonic time keeps running while a process is SIGSTOPped.)
+- Every send checks `Term.valid()` immediately before its bytes are written, and every
+  claim and settle carries the epoch, which the store refuses once it is not current.
+- A standby retries when the holder's expiry has passed, but at least every `ttl / 3`
+  (a released lease is free at once).
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import fcntl
 import os
-import zlib
-from pathlib import Path
-from typing import Any, Final, Protocol
-from urllib.parse import unquote
+import socket
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Final
 
-from bridge.errors import StorageError
+from bridge.errors import LeaseLost
+from bridge.store.base import Lease
 
-LEASE_KEY: Final = 0x766F787973  # "voxys": the advisory lock id of the delivery lease
-
-
-class Lease(Protocol):
-    async def try_acquire(self) -> bool:
-        """Take the lease if nobody holds it; True when this process holds it now."""
-
-    async def still_held(self) -> bool:
-        """False once the lease was lost (its connection broke)."""
-
-    async def release(self) -> None:
-        """Give the lease up (shutdown)."""
+DEFAULT_TTL: Final = 6.0  # seconds; the longest handover after a holder dies (docs/scaling.md)
 
 
-class AlwaysHeld:
-    """The lease of a store no other process can open."""
-
-    async def try_acquire(self) -> bool:
-        return True
-
-    async def still_held(self) -> bool:
-        return True
-
-    async def release(self) -> None:
-        return None
+def holder_name() -> str:
+    """This process's identity in the lease record: host, pid and a random suffix."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
-class FileLease:
-    """An exclusive flock on a file next to the SQLite database."""
+@dataclass(frozen=True, slots=True)
+class Timing:
+    """How long a lease lasts and when it is renewed; all derived from the TTL."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._fd: int | None = None
+    ttl: float = DEFAULT_TTL
 
-    async def try_acquire(self) -> bool:
-        if self._fd is not None:
-            return True
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            return False
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        self._fd = fd
-        return True
+    @property
+    def renew_every(self) -> float:
+        return self.ttl / 3
 
-    async def still_held(self) -> bool:
-        return self._fd is not None
+    @property
+    def margin(self) -> float:
+        """How long before the database's expiry the holder stops sending."""
+        return self.ttl / 4
 
-    async def release(self) -> None:
-        if self._fd is not None:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-            os.close(self._fd)
-            self._fd = None
+    def standby_wait(self, expires_in: float | None) -> float:
+        """How long a standby waits before it tries to take the lease again."""
+        if expires_in is None:
+            return self.renew_every
+        return min(self.renew_every, max(0.05, expires_in))
 
 
-class PostgresLease:
-    """A session advisory lock on a connection of its own."""
+@dataclass(slots=True)
+class Term:
+    """One holder's term of office: its epoch and the monotonic time it must stop by."""
 
-    def __init__(self, dsn: str, schema: str | None = None) -> None:
-        self.dsn = dsn
-        # One lease per deployment: bridges in other schemas of the database have their own.
-        self.key = LEASE_KEY + zlib.crc32((schema or "").encode())
-        self._conn: Any = None
+    holder: str
+    epoch: int
+    timing: Timing
+    valid_until: float
+    clock: Callable[[], float] = field(default=time.monotonic, repr=False)
 
-    async def try_acquire(self) -> bool:
-        import asyncpg
+    @classmethod
+    def granted(
+        cls,
+        holder: str,
+        epoch: int,
+        timing: Timing,
+        sent_at: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> Term:
+        """The term of a lease acquired by a request sent at monotonic `sent_at`."""
+        return cls(holder, epoch, timing, sent_at + timing.ttl - timing.margin, clock)
 
-        try:
-            if self._conn is None or self._conn.is_closed():
-                self._conn = await asyncpg.connect(self.dsn, timeout=5)
-            held: bool = await self._conn.fetchval("SELECT pg_try_advisory_lock($1)", self.key)
-        except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
-            await self._drop()
-            raise StorageError(f"delivery lease: {type(exc).__name__}") from exc
-        return held
+    def renewed(self, sent_at: float) -> None:
+        """The renewal sent at monotonic `sent_at` succeeded."""
+        self.valid_until = max(self.valid_until, sent_at + self.timing.ttl - self.timing.margin)
 
-    async def still_held(self) -> bool:
-        import asyncpg
+    def valid(self) -> bool:
+        """True while this process may still send under the lease."""
+        return self.clock() < self.valid_until
 
-        if self._conn is None or self._conn.is_closed():
-            return False
-        try:
-            await asyncio.wait_for(self._conn.fetchval("SELECT 1"), 5)
-        except (OSError, asyncpg.PostgresError, TimeoutError):
-            await self._drop()
-            return False
-        return True
-
-    async def release(self) -> None:
-        await self._drop()
-
-    async def _drop(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            with contextlib.suppress(Exception):
-                await conn.close(timeout=2)
+    def remaining(self) -> float:
+        return self.valid_until - self.clock()
 
 
-def lease_for(storage_url: str) -> Lease:
-    """The lease that guards delivery on the store at `storage_url`."""
-    scheme, _, rest = storage_url.partition("://")
-    scheme = scheme.lower()
-    if scheme == "sqlite":
-        path = rest.partition("?")[0]
-        if path in ("", ":memory:", "/:memory:"):
-            return AlwaysHeld()
-        return FileLease(Path(unquote(path[1:]) + ".lease"))
-    if scheme in ("postgresql", "postgres"):
-        from bridge.store.postgres import PostgresStore
+async def take_free(lease: Lease, *, ttl: float = 3600.0, holder: str | None = None) -> Term:
+    """Take a lease nobody holds, for a long term: a tool or benchmark alone on its store.
 
-        store = PostgresStore.from_url(storage_url)
-        return PostgresLease(store.dsn, store.schema)
-    return AlwaysHeld()
+    Raises LeaseLost(0) when another process holds it.
+    """
+    sent_at = time.monotonic()
+    holder = holder or holder_name()
+    grant = await lease.acquire(holder, ttl)
+    if grant.epoch is None:
+        raise LeaseLost(0)
+    return Term.granted(holder, grant.epoch, Timing(ttl), sent_at)

@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import subprocess
-import sys
 import time
+import uuid
 from pathlib import Path
 
 import aiohttp
 import pytest
 
 from bridge.fakevoxys import FakeVoxys
-from bridge.lease import AlwaysHeld, FileLease, PostgresLease, lease_for
-from bridge.wakeup import PostgresNotify, UnixDatagram, wakeup_for
+from bridge.lease import Term, Timing
+from bridge.store import open_backend
+from bridge.store.postgres.wakeup import Listening, PostgresNotify
+from bridge.store.sqlite.wakeup import UnixDatagram
 from tests.conftest import (
     PG_DSN,
     VOXYS_TOKEN,
@@ -26,102 +27,161 @@ from tests.conftest import (
 )
 from tests.test_cli_serve import start_server
 
-
-def test_the_lease_file_sits_next_to_the_database() -> None:
-    lease = lease_for("sqlite:////var/lib/bridge/bridge.db?synchronous=full")
-    assert isinstance(lease, FileLease)
-    assert lease.path == Path("/var/lib/bridge/bridge.db.lease")
-    assert isinstance(lease_for("sqlite://:memory:"), AlwaysHeld)
-    assert isinstance(lease_for("postgresql://u:p@db/bridge"), PostgresLease)
+# --- the holder's clock (pure) ------------------------------------------------------------
 
 
-async def test_only_one_holder_at_a_time_and_release_hands_it_over(tmp_path: Path) -> None:
-    first, second = FileLease(tmp_path / "b.lease"), FileLease(tmp_path / "b.lease")
-    assert await first.try_acquire()
-    assert not await second.try_acquire()
-    await first.release()
-    assert await second.try_acquire()
-    assert not await first.try_acquire()
-    await second.release()
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
 
 
-async def test_a_killed_holder_loses_the_lease_at_once(tmp_path: Path) -> None:
-    path = tmp_path / "b.lease"
-    holder = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "import asyncio, sys, time\n"
-            "from pathlib import Path\n"
-            "from bridge.lease import FileLease\n"
-            f"assert asyncio.run(FileLease(Path({str(path)!r})).try_acquire())\n"
-            "print('held', flush=True)\n"
-            "time.sleep(60)\n",
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+def test_a_term_stops_a_margin_before_the_database_can_expire_the_lease() -> None:
+    clock, timing = Clock(), Timing(ttl=6.0)
+    term = Term.granted("me", 3, timing, sent_at=clock.now, clock=clock)
+
+    clock.now += 6.0 - timing.margin - 0.001
+    assert term.valid()
+    clock.now += 0.002
+    assert not term.valid()  # the database keeps it ours for `margin` more seconds
+
+
+def test_a_renewal_counts_from_when_it_was_sent_not_from_when_it_was_answered() -> None:
+    clock, timing = Clock(), Timing(ttl=6.0)
+    term = Term.granted("me", 3, timing, sent_at=clock.now, clock=clock)
+    sent_at = clock.now + 2.0
+    clock.now += 5.0  # a slow answer
+
+    term.renewed(sent_at)
+
+    assert term.remaining() == pytest.approx(sent_at + 6.0 - timing.margin - clock.now)
+
+
+def test_an_old_renewal_answered_late_never_shortens_the_term() -> None:
+    clock, timing = Clock(), Timing(ttl=6.0)
+    term = Term.granted("me", 3, timing, sent_at=clock.now + 4, clock=clock)
+    before = term.valid_until
+
+    term.renewed(clock.now)
+
+    assert term.valid_until == before
+
+
+def test_renewal_comes_three_times_per_ttl_and_a_standby_tries_at_the_expiry() -> None:
+    timing = Timing(ttl=6.0)
+    assert timing.renew_every == 2.0
+    assert timing.margin == 1.5
+    assert timing.standby_wait(0.4) == 0.4  # the holder's lease runs out sooner
+    assert timing.standby_wait(5.0) == 2.0  # ... but a released lease is seen within ttl/3
+    assert timing.standby_wait(None) == 2.0
+
+
+# --- identity: what the database is, not how its URL is written --------------------------
+
+
+async def test_two_spellings_of_one_sqlite_file_share_one_lease(tmp_path: Path) -> None:
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    one = open_backend(f"sqlite:///{tmp_path / 'real' / 'b.db'}")
+    other = open_backend(f"sqlite:///{tmp_path / 'link' / '..' / 'link' / 'b.db'}")
+    await one.store.open()
+    await other.store.open()
     try:
-        assert holder.stdout is not None
-        assert holder.stdout.readline().strip() == "held"
-        mine = FileLease(path)
-        assert not await mine.try_acquire()
-        holder.send_signal(signal.SIGKILL)
-        holder.wait()
-        assert await mine.try_acquire()
-        await mine.release()
+        assert (await one.lease.acquire("a", 60)).epoch == 1
+        assert (await other.lease.acquire("b", 60)).epoch is None
+        assert isinstance(one.wakeup, UnixDatagram) and isinstance(other.wakeup, UnixDatagram)
+        assert one.wakeup.path == other.wakeup.path
     finally:
-        holder.kill()
-        holder.wait()
-        if holder.stdout:
-            holder.stdout.close()
+        await one.store.close()
+        await other.store.close()
 
 
 @needs_postgres
-async def test_the_postgres_lease_is_exclusive_and_ends_with_its_connection() -> None:
+async def test_public_spelled_out_or_implied_is_one_lease_and_another_schema_has_its_own() -> None:
+    import asyncpg
+
     assert PG_DSN is not None
-    first, second = PostgresLease(PG_DSN, "a"), PostgresLease(PG_DSN, "a")
-    elsewhere = PostgresLease(PG_DSN, "b")  # another deployment's schema: its own lease
+    name = f"bridge_id_{uuid.uuid4().hex[:10]}"
+    admin = await asyncpg.connect(PG_DSN)
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    dsn = PG_DSN.rsplit("/", 1)[0] + f"/{name}"
+    backends = [open_backend(url) for url in (dsn, f"{dsn}?schema=public", f"{dsn}?schema=other")]
     try:
-        assert await first.try_acquire()
-        assert await first.still_held()
-        assert not await second.try_acquire()
-        assert await elsewhere.try_acquire()
-        await first.release()  # as when the holder's connection dies
-        assert not await first.still_held()
-        assert await second.try_acquire()
+        for backend in backends:
+            await backend.store.open()
+        implied, spelled, other = backends
+        assert (await implied.lease.acquire("a", 60)).epoch == 1
+        assert (await spelled.lease.acquire("b", 60)).epoch is None
+        assert (await other.lease.acquire("c", 60)).epoch == 1
+        assert isinstance(implied.wakeup, PostgresNotify)
+        assert isinstance(spelled.wakeup, PostgresNotify)
+        assert isinstance(other.wakeup, PostgresNotify)
+        assert implied.wakeup.channel == spelled.wakeup.channel != other.wakeup.channel
     finally:
-        for lease in (first, second, elsewhere):
-            await lease.release()
+        for backend in backends:
+            await backend.lease.close()
+            await backend.store.close()
+        await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+        await admin.close()
+
+
+# --- wake-ups --------------------------------------------------------------------------------
 
 
 @needs_postgres
-async def test_a_notify_after_a_commit_wakes_the_listener_at_once() -> None:
+async def test_a_notify_after_a_commit_wakes_the_listener_at_once(pg_schema: str) -> None:
     assert PG_DSN is not None
-    listener, publisher = PostgresNotify(PG_DSN), PostgresNotify(PG_DSN)
-    woken = asyncio.Event()
+    backend, other = (open_backend(f"{PG_DSN}?schema={pg_schema}") for _ in range(2))
+    await backend.store.open()
+    await other.store.open()
+    woken, lost = asyncio.Event(), asyncio.Event()
+    listening = await backend.wakeup.listen(woken.set, lambda _why: lost.set())
     try:
-        await listener.listen(woken.set)
-        publisher.publish()
+        await other.wakeup.notify()
         await asyncio.wait_for(woken.wait(), 5)
     finally:
-        await listener.close()
-        await publisher.close()
+        await listening.close()
+        await other.wakeup.close()
+        await other.store.close()
+        await backend.store.close()
+    assert not lost.is_set()  # closing on purpose is not an outage
+
+
+@needs_postgres
+async def test_a_listener_whose_connection_is_killed_reports_it_lost(pg_schema: str) -> None:
+    import asyncpg
+
+    assert PG_DSN is not None
+    backend = open_backend(f"{PG_DSN}?schema={pg_schema}")
+    await backend.store.open()
+    lost = asyncio.Event()
+    listening = await backend.wakeup.listen(lambda: None, lambda _why: lost.set())
+    admin = await asyncpg.connect(PG_DSN)
+    try:
+        assert isinstance(listening, Listening)
+        pid = listening.conn.get_server_pid()
+        await admin.fetchval("SELECT pg_terminate_backend($1)", pid)
+        await asyncio.wait_for(lost.wait(), 5)
+    finally:
+        await admin.close()
+        await listening.close()
+        await backend.store.close()
 
 
 async def test_a_datagram_wakes_the_deliverer_of_a_shared_sqlite_file(tmp_path: Path) -> None:
-    wakeup = wakeup_for(f"sqlite:///{tmp_path / ('x' * 120) / 'b.db'}")
-    assert isinstance(wakeup, UnixDatagram)
-    assert len(str(wakeup.path)) <= 100  # a long path falls back to the temp directory
-    listener, publisher = UnixDatagram(tmp_path / "b.db.wake"), UnixDatagram(tmp_path / "b.db.wake")
+    long = UnixDatagram(tmp_path / ("x" * 120) / "b.db")
+    assert len(str(long.path)) <= 100  # a long path falls back to the temp directory
+    listener, publisher = UnixDatagram(tmp_path / "b.db"), UnixDatagram(tmp_path / "b.db")
     woken = asyncio.Event()
+    publisher.publish()  # nobody listening yet: silently nothing
+    bound = await listener.listen(woken.set, lambda _why: None)
     try:
-        publisher.publish()  # nobody listening yet: silently nothing
-        await listener.listen(woken.set)
         publisher.publish()
         await asyncio.wait_for(woken.wait(), 5)
     finally:
-        await listener.close()
+        await bound.close()
         await publisher.close()
 
 

@@ -1,32 +1,34 @@
-"""Storage backends behind one Store protocol; `open_store` picks one from `storage.url`."""
+"""Storage backends: `open_backend` picks one from `storage.url` and returns its three parts.
+
+sqlite:///relative/path.db    relative to the working directory
+sqlite:////absolute/path.db   absolute
+sqlite://:memory:             a throwaway database, deleted at close (tests, demos)
+Options: ?synchronous=full|normal, ?mode=ro (refuse writes).
+postgresql://user:password@host:5432/db (or postgres://)   PostgreSQL, several replicas
+Options: ?schema=NAME (tables in that schema), ?mode=ro, ?pool_max=N; see postgres/store.py.
+"""
 
 from __future__ import annotations
 
 from bridge.errors import ConfigError
-from bridge.store.base import Store
+from bridge.store.base import Backend, Store
 
 
-def open_store(url: str) -> Store:
-    """An unopened Store for `url`; call `await store.open()` before use.
+def open_backend(url: str) -> Backend:
+    """The unopened store, lease and wake-up for `url`; `await backend.store.open()` first.
 
-    sqlite:///relative/path.db    relative to the working directory
-    sqlite:////absolute/path.db   absolute
-    sqlite://:memory:             a throwaway database, deleted at close (tests, demos)
-    Options: ?synchronous=full|normal, ?mode=ro (refuse writes).
-    postgresql://user:password@host:5432/db (or postgres://)   PostgreSQL, several replicas
-    Options: ?schema=NAME (tables in that schema), ?mode=ro, ?pool_max=N; see postgres.py.
-    Raises ConfigError.
+    The URL is parsed once, here. Raises ConfigError.
     """
     scheme = url.partition("://")[0].lower() if "://" in url else ""
     if scheme == "sqlite":
-        from bridge.store.sqlite import SqliteStore
+        from bridge.store import sqlite
 
-        return SqliteStore.from_url(url)
+        return sqlite.backend(url)
     if scheme in ("postgresql", "postgres"):
         # Imported here so that asyncpg is only needed when PostgreSQL is used.
-        from bridge.store.postgres import PostgresStore
+        from bridge.store import postgres
 
-        return PostgresStore.from_url(url)
+        return postgres.backend(url)
     # Only the scheme is quoted back: a database URL may carry a password.
     shown = f"scheme {scheme + '://'!r}" if scheme else "no scheme"
     raise ConfigError(
@@ -34,3 +36,8 @@ def open_store(url: str) -> Store:
         " expected sqlite:///path.db or postgresql://host/db",
         key="storage.url",
     )
+
+
+def open_store(url: str) -> Store:
+    """The unopened store for `url` alone (command-line tools that neither deliver nor wake)."""
+    return open_backend(url).store

@@ -1,8 +1,15 @@
 """The Store protocol: everything the bridge keeps, behind one small async interface.
 
-Backends (`sqlite.py` now, `postgres.py` later) implement exactly this; nothing
-backend-specific leaks out of `bridge/store/`. All times are POSIX seconds (UTC),
-passed in by the caller so that tests control the clock.
+Each backend (`sqlite/`, `postgres/`) is one unit owning its store, its delivery lease
+and its wake-up channel; `bridge.store.open_backend(url)` returns the three together.
+Nothing backend-specific leaks out of `bridge/store/`. All times are POSIX seconds
+(UTC), passed in by the caller so that tests control the clock; only the lease's
+expiry is kept by the database's own clock.
+
+Fencing. Delivery operations carry the epoch of the caller's lease term. The store
+refuses (`LeaseLost`) a claim, settle or recovery whose epoch is not the lease's
+current one, in the same transaction that would apply it: a process that lost the
+lease can never again claim work or record an answer over its successor's.
 
 Transition states:
     pending     waiting for `next_attempt_at`
@@ -15,7 +22,7 @@ Transition states:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol
@@ -57,6 +64,7 @@ class QueuedTransition:
     created_at: float
     attempts: int  # attempts that counted against retry.max_attempts
     not_found_attempts: int  # attempts answered 404
+    next_attempt_at: float | None = None  # when it is due (None once settled)
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,10 +168,14 @@ class Store(Protocol):
 
     # --- delivery -----------------------------------------------------------------
 
-    async def recover_claims(self) -> int:
-        """Put every in_flight transition back to pending (claims of a dead worker)."""
+    async def recover_claims(self, *, epoch: int) -> int:
+        """Put every in_flight transition of an earlier lease term back to pending.
 
-    async def claim_due(self, now: float, limit: int, *, coalesce: bool) -> Claim:
+        Run by a new holder before it claims anything. Raises `LeaseLost` unless `epoch`
+        is the lease's current epoch.
+        """
+
+    async def claim_due(self, now: float, limit: int, *, coalesce: bool, epoch: int) -> Claim:
         """Claim up to `limit` transitions due at `now`, at most one per (account, lead).
 
         A lead with an in_flight transition is skipped. Per lead, pending transitions
@@ -171,11 +183,17 @@ class Store(Protocol):
         its head; the lead is due when its head is due. With coalescing the newest
         one is the head and, when it is due, the older pending ones become
         `superseded`. A head older than the lead's last delivered transition
-        (occurred_at strictly smaller) becomes `stale` and the next one is considered.
-        Claimed transitions become in_flight.
+        (occurred_at strictly smaller) becomes `stale` and the next one is considered
+        (`bridge.claims.plan_lead`). Claimed transitions become in_flight under `epoch`.
+        Raises `LeaseLost` unless `epoch` is the lease's current epoch.
         """
 
-    async def mark_delivered(self, transition_id: int, now: float, http_status: int) -> None:
+    # Settling: each applies only to a transition in flight under `epoch`, while that
+    # epoch is current; otherwise it raises `LeaseLost` and changes nothing.
+
+    async def mark_delivered(
+        self, transition_id: int, now: float, http_status: int, *, epoch: int
+    ) -> None:
         """Record a 2xx; the lead's last delivered occurred_at advances (never goes back)."""
 
     async def schedule_retry(
@@ -188,16 +206,23 @@ class Store(Protocol):
         not_found: bool = False,
         http_status: int | None = None,
         reason: str | None = None,
+        epoch: int,
     ) -> None:
         """Back to pending at `next_attempt_at`. `counts`: the attempt used up one of
         retry.max_attempts (a 429 does not). `not_found`: the attempt was answered 404.
         """
 
-    async def release(self, transition_id: int, next_attempt_at: float) -> None:
-        """Back to pending without recording an attempt (auth pause, shutdown)."""
+    async def release(self, transition_id: int, next_attempt_at: float, *, epoch: int) -> None:
+        """Back to pending without recording an attempt (auth pause, not sent)."""
 
     async def mark_dead(
-        self, transition_id: int, now: float, *, reason: str, http_status: int | None
+        self,
+        transition_id: int,
+        now: float,
+        *,
+        reason: str,
+        http_status: int | None,
+        epoch: int,
     ) -> None:
         """Give up on a transition; it appears in dead letters."""
 
@@ -223,10 +248,85 @@ class Store(Protocol):
         """Stored events chosen by primary key, or by outcome and received_at >= since."""
 
     async def apply_replay(self, pk: int, evaluation: Evaluation, now: float) -> int:
-        """Store a new outcome for an event and queue its new transitions; returns how many."""
+        """Store a new outcome for an event and queue its new transitions; returns how many.
+
+        Only while the event is still not `matched`, checked in the transaction that
+        queues: of two concurrent replays of one event, one queues and the other gets 0.
+        A transition is unique per (event, rule), so nothing can queue one twice.
+        """
 
     async def stats(self, now: float) -> Stats:
         """Counts per state and outcome, retrying count, oldest pending age."""
 
     async def purge(self, older_than: float) -> int:
-        """Delete events received before `older_than` whose transitions are all settled."""
+        """Delete events received before `older_than` whose transitions are all settled.
+
+        Never an event with a pending, in-flight or dead transition, whatever runs
+        concurrently (a replay queueing transitions for it, a dead letter retried).
+        """
+
+
+# --- the delivery lease and the wake-up channel -----------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseGrant:
+    """The answer to one attempt to take the delivery lease."""
+
+    epoch: int | None  # the new epoch when taken; None when another process holds it
+    expires_in: float | None = None  # seconds until the holder's expiry (database clock)
+
+
+class Lease(Protocol):
+    """The delivery lease record of one store: holder, epoch, expiry by the database's clock.
+
+    Identity is the database itself (the lease is a row in it), never how its URL was
+    written. See `bridge/lease.py` for how the holder uses it.
+    """
+
+    async def acquire(self, holder: str, ttl: float) -> LeaseGrant:
+        """Take the lease if it is free or expired: the epoch grows, expiry = now + ttl."""
+
+    async def renew(self, holder: str, epoch: int, ttl: float) -> bool:
+        """Push the expiry to now + ttl; False when `holder`/`epoch` is no longer current
+        (definitive: the term is over). Raises StorageError when the store cannot answer."""
+
+    async def release(self, holder: str, epoch: int) -> None:
+        """Give the lease up at once (clean shutdown), if still ours."""
+
+    async def close(self) -> None:
+        """Release the resources the lease uses (not the lease itself)."""
+
+
+class Wakeup(Protocol):
+    """How processes sharing a store wake the one that delivers."""
+
+    def publish(self) -> None:
+        """Tell the deliverer, wherever it runs, that new work was stored. Never blocks."""
+
+    async def notify(self) -> None:
+        """Publish once and wait until it is sent (a command-line process about to exit)."""
+
+    async def listen(self, callback: Callable[[], None], lost: Callable[[str], None]) -> Listening:
+        """The deliverer's side: call `callback` on every publication until closed.
+
+        Raises (OSError, StorageError) when the channel cannot be set up; calls `lost`
+        with a reason if it breaks later. Either way delivery falls back to polling.
+        """
+
+    async def close(self) -> None:
+        """Close the publishing side."""
+
+
+class Listening(Protocol):
+    async def close(self) -> None:
+        """Stop listening (not reported as lost)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Backend:
+    """One storage backend's three parts, for one storage URL."""
+
+    store: Store
+    lease: Lease
+    wakeup: Wakeup

@@ -16,7 +16,7 @@ from bridge.store.base import LedgerEntry, QueuedTransition, StoredEvent, Transi
 
 def queued(row: Sequence[Any]) -> QueuedTransition:
     """id, source, event_id, rule, account_id, lead_id, status, notes, occurred_at,
-    created_at, attempts, not_found_attempts."""
+    created_at, attempts, not_found_attempts[, next_attempt_at]."""
     return QueuedTransition(
         id=row[0],
         source=row[1],
@@ -30,6 +30,7 @@ def queued(row: Sequence[Any]) -> QueuedTransition:
         created_at=row[9],
         attempts=row[10],
         not_found_attempts=row[11],
+        next_attempt_at=row[12] if len(row) > 12 else None,
     )
 
 

@@ -21,8 +21,8 @@ from typing import Any
 import pytest
 
 from bridge.models import Evaluation, Event, LeadStatus, Outcome, Transition, Unmapped
-from bridge.store import open_store
-from bridge.store.base import Store
+from bridge.store import open_backend
+from bridge.store.base import Lease, Store
 
 POSTGRES_DSN_ENV = "VOXYS_BRIDGE_TEST_POSTGRES_DSN"
 
@@ -32,6 +32,8 @@ BACKENDS = [
 ]
 
 T0 = 1_700_000_000.0  # the tests' clock starts here; every time is passed in explicitly
+HOLDER = "contract-tests"  # holds the delivery lease of every test database
+EPOCH = 1  # the first acquisition of a fresh database's lease
 
 
 @dataclass
@@ -42,16 +44,35 @@ class Backend:
     url: str
     read_only_url: str
     opened: list[Store] = field(default_factory=list)
+    leases: list[Lease] = field(default_factory=list)
     teardown: Callable[[], Awaitable[None]] | None = None
 
     async def open(self, *, read_only: bool = False) -> Store:
-        store = open_store(self.read_only_url if read_only else self.url)
-        await store.open()
-        self.opened.append(store)
-        return store
+        parts = open_backend(self.read_only_url if read_only else self.url)
+        await parts.store.open()
+        self.opened.append(parts.store)
+        self.leases.append(parts.lease)
+        return parts.store
+
+    def lease(self) -> Lease:
+        """The lease of the store opened last."""
+        return self.leases[-1]
+
+    async def take_over(self) -> int:
+        """End the tests' lease term and start another, as a new holder would after a
+        crash: returns the new epoch, under which earlier claims can be recovered."""
+        await self.lease().release(HOLDER, self.epoch)
+        grant = await self.lease().acquire(HOLDER, 3600)
+        assert grant.epoch is not None
+        self.epoch = grant.epoch
+        return grant.epoch
+
+    epoch: int = EPOCH
 
     async def close_all(self) -> None:
         try:
+            for lease in self.leases:
+                await lease.close()
             for store in reversed(self.opened):
                 await store.close()  # closing twice is harmless
         finally:
@@ -119,8 +140,12 @@ async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
 
 @pytest.fixture
 async def store(backend: Backend) -> Store:
-    """An open Store on an empty database; closed after the test."""
-    return await backend.open()
+    """An open Store on an empty database whose delivery lease the tests hold (epoch
+    EPOCH); closed after the test."""
+    store = await backend.open()
+    grant = await backend.lease().acquire(HOLDER, 3600)
+    assert grant.epoch == EPOCH
+    return store
 
 
 # --- builders -------------------------------------------------------------------------

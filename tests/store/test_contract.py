@@ -9,11 +9,11 @@ import asyncio
 
 import pytest
 
-from bridge.errors import StorageError
+from bridge.errors import LeaseLost, StorageError
 from bridge.models import Evaluation, LeadStatus, Outcome, Transition
 from bridge.store.base import Store, TransitionState
 
-from .conftest import T0, Backend, Events
+from .conftest import EPOCH, HOLDER, T0, Backend, Events
 
 ALL_STATES = {str(s) for s in TransitionState}
 ALL_OUTCOMES = {str(o) for o in Outcome}
@@ -21,7 +21,7 @@ ALL_OUTCOMES = {str(o) for o in Outcome}
 
 async def claim_one(store: Store, now: float = T0, *, coalesce: bool = False) -> int:
     """Claim exactly one transition and return its id."""
-    claim = await store.claim_due(now, 10, coalesce=coalesce)
+    claim = await store.claim_due(now, 10, coalesce=coalesce, epoch=EPOCH)
     assert len(claim.claimed) == 1, claim
     return claim.claimed[0].id
 
@@ -138,7 +138,7 @@ async def test_ignored_and_unmapped_events_are_stored_with_their_outcome_and_que
     assert [(e.outcome, e.rule, e.reason) for e in unmapped] == [
         (Outcome.UNMAPPED, "paid", "no lead id")
     ]
-    assert (await store.claim_due(T0, 10, coalesce=False)).claimed == []
+    assert (await store.claim_due(T0, 10, coalesce=False, epoch=EPOCH)).claimed == []
 
 
 async def test_a_stored_event_keeps_its_payload_headers_and_times(
@@ -167,7 +167,7 @@ async def test_a_new_transition_is_due_at_once_and_claimed_in_flight(
 ) -> None:
     await store.ingest([events.matched(notes="paid 42", occurred_at=T0 - 5)], T0)
 
-    claim = await store.claim_due(T0, 10, coalesce=False)
+    claim = await store.claim_due(T0, 10, coalesce=False, epoch=EPOCH)
 
     [queued] = claim.claimed
     assert (queued.source, queued.rule, queued.account_id, queued.lead_id) == (
@@ -185,9 +185,9 @@ async def test_a_new_transition_is_due_at_once_and_claimed_in_flight(
 async def test_a_transition_is_not_claimed_before_it_is_due(store: Store, events: Events) -> None:
     await store.ingest([events.matched()], T0)
     tid = await claim_one(store)
-    await store.schedule_retry(tid, T0, T0 + 30, counts=True)
+    await store.schedule_retry(tid, T0, T0 + 30, counts=True, epoch=EPOCH)
 
-    early = await store.claim_due(T0 + 29.9, 10, coalesce=False)
+    early = await store.claim_due(T0 + 29.9, 10, coalesce=False, epoch=EPOCH)
 
     assert early.claimed == []
     assert early.next_due_at == T0 + 30
@@ -198,12 +198,12 @@ async def test_next_due_at_is_the_earliest_future_attempt_of_anything_pending(
     store: Store, events: Events
 ) -> None:
     await store.ingest([events.matched(lead_id=1), events.matched(lead_id=2)], T0)
-    claim = await store.claim_due(T0, 10, coalesce=False)
+    claim = await store.claim_due(T0, 10, coalesce=False, epoch=EPOCH)
     first, second = (q.id for q in claim.claimed)
-    await store.schedule_retry(first, T0, T0 + 50, counts=True)
-    await store.schedule_retry(second, T0, T0 + 20, counts=True)
+    await store.schedule_retry(first, T0, T0 + 50, counts=True, epoch=EPOCH)
+    await store.schedule_retry(second, T0, T0 + 20, counts=True, epoch=EPOCH)
 
-    claim = await store.claim_due(T0 + 1, 10, coalesce=False)
+    claim = await store.claim_due(T0 + 1, 10, coalesce=False, epoch=EPOCH)
 
     assert claim.claimed == []
     assert claim.next_due_at == T0 + 20
@@ -212,8 +212,8 @@ async def test_next_due_at_is_the_earliest_future_attempt_of_anything_pending(
 async def test_claim_due_claims_at_most_limit(store: Store, events: Events) -> None:
     await store.ingest([events.matched(lead_id=n) for n in range(5)], T0)
 
-    first = await store.claim_due(T0, 3, coalesce=False)
-    rest = await store.claim_due(T0, 3, coalesce=False)
+    first = await store.claim_due(T0, 3, coalesce=False, epoch=EPOCH)
+    rest = await store.claim_due(T0, 3, coalesce=False, epoch=EPOCH)
 
     assert len(first.claimed) == 3
     assert len(rest.claimed) == 2
@@ -223,7 +223,7 @@ async def test_claim_due_claims_at_most_limit(store: Store, events: Events) -> N
 async def test_claim_due_claims_one_transition_per_lead(store: Store, events: Events) -> None:
     await store.ingest([events.matched(occurred_at=T0 + n) for n in range(3)], T0)
 
-    claim = await store.claim_due(T0, 10, coalesce=False)
+    claim = await store.claim_due(T0, 10, coalesce=False, epoch=EPOCH)
 
     assert len(claim.claimed) == 1
 
@@ -233,7 +233,9 @@ async def test_concurrent_claims_never_hand_out_a_transition_or_a_lead_twice(
 ) -> None:
     await store.ingest([events.matched(lead_id=n % 20) for n in range(40)], T0)
 
-    claims = await asyncio.gather(*(store.claim_due(T0, 3, coalesce=False) for _ in range(10)))
+    claims = await asyncio.gather(
+        *(store.claim_due(T0, 3, coalesce=False, epoch=EPOCH) for _ in range(10))
+    )
 
     claimed = [q for claim in claims for q in claim.claimed]
     assert len(claimed) == 20
@@ -246,7 +248,7 @@ async def test_the_same_lead_id_in_another_account_is_another_lead(
 ) -> None:
     await store.ingest([events.matched(account_id=7), events.matched(account_id=8)], T0)
 
-    claim = await store.claim_due(T0, 10, coalesce=False)
+    claim = await store.claim_due(T0, 10, coalesce=False, epoch=EPOCH)
 
     assert sorted(q.account_id for q in claim.claimed) == [7, 8]
 
@@ -257,7 +259,7 @@ async def test_a_lead_with_a_transition_in_flight_is_skipped(store: Store, event
     await store.ingest([events.matched(occurred_at=T0 + 1)], T0 + 1)
 
     for coalesce in (False, True):
-        claim = await store.claim_due(T0 + 2, 10, coalesce=coalesce)
+        claim = await store.claim_due(T0 + 2, 10, coalesce=coalesce, epoch=EPOCH)
         assert (claim.claimed, claim.superseded, claim.stale) == ([], [], [])
 
 
@@ -275,12 +277,12 @@ async def test_without_coalescing_a_lead_sends_in_order_of_occurred_at_then_id(
 
     sent = []
     for step in range(3):
-        claim = await store.claim_due(T0 + step, 10, coalesce=False)
+        claim = await store.claim_due(T0 + step, 10, coalesce=False, epoch=EPOCH)
         assert claim.superseded == []
         assert claim.stale == []
         [queued] = claim.claimed
         sent.append(queued.event_id)
-        await store.mark_delivered(queued.id, T0 + step, 200)
+        await store.mark_delivered(queued.id, T0 + step, 200, epoch=EPOCH)
 
     assert sent == [early_a[0].event_id, early_b[0].event_id, late[0].event_id]
     assert set((await states(store)).values()) == {"delivered"}
@@ -292,10 +294,10 @@ async def test_without_coalescing_a_lead_waits_for_its_first_transition(
 ) -> None:
     await store.ingest([events.matched(occurred_at=T0)], T0)
     head = await claim_one(store)
-    await store.schedule_retry(head, T0, T0 + 60, counts=True)
+    await store.schedule_retry(head, T0, T0 + 60, counts=True, epoch=EPOCH)
     await store.ingest([events.matched(occurred_at=T0 + 1)], T0 + 1)
 
-    claim = await store.claim_due(T0 + 2, 10, coalesce=False)
+    claim = await store.claim_due(T0 + 2, 10, coalesce=False, epoch=EPOCH)
 
     assert claim.claimed == []
     assert claim.next_due_at == T0 + 60
@@ -307,7 +309,7 @@ async def test_coalescing_supersedes_older_pending_and_claims_the_newest(
     batch = [events.matched(occurred_at=T0 + n, status=s) for n, s in enumerate(LeadStatus)]
     await store.ingest(batch, T0)
 
-    claim = await store.claim_due(T0, 10, coalesce=True)
+    claim = await store.claim_due(T0, 10, coalesce=True, epoch=EPOCH)
 
     [newest] = claim.claimed
     assert newest.event_id == batch[-1][0].event_id
@@ -319,11 +321,11 @@ async def test_coalescing_supersedes_older_pending_and_claims_the_newest(
 async def test_coalescing_waits_until_the_newest_is_due(store: Store, events: Events) -> None:
     await store.ingest([events.matched(occurred_at=T0 + 1)], T0)
     newest = await claim_one(store, coalesce=True)
-    await store.schedule_retry(newest, T0, T0 + 60, counts=True)
+    await store.schedule_retry(newest, T0, T0 + 60, counts=True, epoch=EPOCH)
     await store.ingest([events.matched(occurred_at=T0)], T0)  # older, due now
 
-    early = await store.claim_due(T0 + 1, 10, coalesce=True)
-    due = await store.claim_due(T0 + 60, 10, coalesce=True)
+    early = await store.claim_due(T0 + 1, 10, coalesce=True, epoch=EPOCH)
+    due = await store.claim_due(T0 + 60, 10, coalesce=True, epoch=EPOCH)
 
     assert (early.claimed, early.superseded) == ([], [])
     assert [q.id for q in due.claimed] == [newest]
@@ -334,10 +336,10 @@ async def test_a_transition_older_than_the_last_delivered_is_settled_stale(
     store: Store, events: Events
 ) -> None:
     await store.ingest([events.matched(occurred_at=T0 + 200)], T0)
-    await store.mark_delivered(await claim_one(store), T0, 200)
+    await store.mark_delivered(await claim_one(store), T0, 200, epoch=EPOCH)
     await store.ingest([events.matched(occurred_at=T0 + 100)], T0 + 1)
 
-    claim = await store.claim_due(T0 + 1, 10, coalesce=False)
+    claim = await store.claim_due(T0 + 1, 10, coalesce=False, epoch=EPOCH)
 
     assert claim.claimed == []
     [stale] = claim.stale
@@ -349,12 +351,12 @@ async def test_after_a_stale_head_the_next_transition_is_considered(
     store: Store, events: Events
 ) -> None:
     await store.ingest([events.matched(occurred_at=T0 + 200)], T0)
-    await store.mark_delivered(await claim_one(store), T0, 200)
+    await store.mark_delivered(await claim_one(store), T0, 200, epoch=EPOCH)
     await store.ingest(
         [events.matched(occurred_at=T0 + 100), events.matched(occurred_at=T0 + 300)], T0 + 1
     )
 
-    claim = await store.claim_due(T0 + 1, 10, coalesce=False)
+    claim = await store.claim_due(T0 + 1, 10, coalesce=False, epoch=EPOCH)
 
     assert [q.occurred_at for q in claim.stale] == [T0 + 100]
     assert [q.occurred_at for q in claim.claimed] == [T0 + 300]
@@ -364,10 +366,10 @@ async def test_a_transition_as_old_as_the_last_delivered_is_not_stale(
     store: Store, events: Events
 ) -> None:
     await store.ingest([events.matched(occurred_at=T0 + 200)], T0)
-    await store.mark_delivered(await claim_one(store), T0, 200)
+    await store.mark_delivered(await claim_one(store), T0, 200, epoch=EPOCH)
     await store.ingest([events.matched(occurred_at=T0 + 200)], T0 + 1)
 
-    claim = await store.claim_due(T0 + 1, 10, coalesce=False)
+    claim = await store.claim_due(T0 + 1, 10, coalesce=False, epoch=EPOCH)
 
     assert claim.stale == []
     assert len(claim.claimed) == 1
@@ -377,12 +379,12 @@ async def test_with_coalescing_a_stale_newest_makes_every_pending_stale(
     store: Store, events: Events
 ) -> None:
     await store.ingest([events.matched(occurred_at=T0 + 200)], T0)
-    await store.mark_delivered(await claim_one(store), T0, 200)
+    await store.mark_delivered(await claim_one(store), T0, 200, epoch=EPOCH)
     await store.ingest(
         [events.matched(occurred_at=T0 + 100), events.matched(occurred_at=T0 + 150)], T0 + 1
     )
 
-    claim = await store.claim_due(T0 + 1, 10, coalesce=True)
+    claim = await store.claim_due(T0 + 1, 10, coalesce=True, epoch=EPOCH)
 
     assert claim.claimed == []
     assert claim.superseded == []
@@ -398,7 +400,7 @@ async def test_mark_delivered_records_the_attempt_in_the_ledger(
     await store.ingest([events.matched()], T0)
     tid = await claim_one(store)
 
-    await store.mark_delivered(tid, T0 + 2, 204)
+    await store.mark_delivered(tid, T0 + 2, 204, epoch=EPOCH)
 
     [entry] = await store.ledger(7, 1)
     assert entry.state == TransitionState.DELIVERED
@@ -413,14 +415,14 @@ async def test_a_retried_dead_letter_older_than_the_last_delivered_is_stale(
     # T0+100 dies, T0+300 is delivered twice; T0+100 retried afterwards is never sent.
     await store.ingest([events.matched(occurred_at=T0 + 100)], T0)
     old = await claim_one(store)
-    await store.mark_dead(old, T0, reason="gave up", http_status=500)
+    await store.mark_dead(old, T0, reason="gave up", http_status=500, epoch=EPOCH)
     await store.ingest([events.matched(occurred_at=T0 + 300)], T0 + 1)
-    await store.mark_delivered(await claim_one(store, T0 + 1), T0 + 1, 200)
+    await store.mark_delivered(await claim_one(store, T0 + 1), T0 + 1, 200, epoch=EPOCH)
     await store.ingest([events.matched(occurred_at=T0 + 300)], T0 + 2)
-    await store.mark_delivered(await claim_one(store, T0 + 2), T0 + 2, 200)
+    await store.mark_delivered(await claim_one(store, T0 + 2), T0 + 2, 200, epoch=EPOCH)
     assert await store.retry_dead([old], T0 + 3) == 1
 
-    claim = await store.claim_due(T0 + 3, 10, coalesce=False)
+    claim = await store.claim_due(T0 + 3, 10, coalesce=False, epoch=EPOCH)
 
     assert claim.claimed == []
     assert [q.id for q in claim.stale] == [old]
@@ -432,7 +434,9 @@ async def test_schedule_retry_counts_the_attempt_and_records_why(
     await store.ingest([events.matched()], T0)
     tid = await claim_one(store)
 
-    await store.schedule_retry(tid, T0 + 1, T0 + 10, counts=True, http_status=503, reason="busy")
+    await store.schedule_retry(
+        tid, T0 + 1, T0 + 10, counts=True, http_status=503, reason="busy", epoch=EPOCH
+    )
 
     [entry] = await store.ledger(7, 1)
     assert entry.state == TransitionState.PENDING
@@ -450,7 +454,7 @@ async def test_a_retry_that_does_not_count_leaves_attempts_unchanged(
     await store.ingest([events.matched()], T0)
     tid = await claim_one(store)
 
-    await store.schedule_retry(tid, T0 + 1, T0 + 10, counts=False, http_status=429)
+    await store.schedule_retry(tid, T0 + 1, T0 + 10, counts=False, http_status=429, epoch=EPOCH)
 
     [entry] = await store.ledger(7, 1)
     assert (entry.attempts, entry.http_status, entry.last_attempt_at) == (0, 429, T0 + 1)
@@ -461,11 +465,13 @@ async def test_attempts_and_not_found_attempts_accumulate_across_claims(
 ) -> None:
     await store.ingest([events.matched()], T0)
     tid = await claim_one(store)
-    await store.schedule_retry(tid, T0 + 1, T0 + 2, counts=True, not_found=True, http_status=404)
+    await store.schedule_retry(
+        tid, T0 + 1, T0 + 2, counts=True, not_found=True, http_status=404, epoch=EPOCH
+    )
     await claim_one(store, T0 + 2)
-    await store.schedule_retry(tid, T0 + 3, T0 + 4, counts=True, http_status=500)
+    await store.schedule_retry(tid, T0 + 3, T0 + 4, counts=True, http_status=500, epoch=EPOCH)
 
-    [queued] = (await store.claim_due(T0 + 4, 10, coalesce=False)).claimed
+    [queued] = (await store.claim_due(T0 + 4, 10, coalesce=False, epoch=EPOCH)).claimed
 
     assert (queued.attempts, queued.not_found_attempts) == (2, 1)
     [entry] = await store.ledger(7, 1)
@@ -476,14 +482,14 @@ async def test_release_puts_back_without_recording_an_attempt(store: Store, even
     await store.ingest([events.matched()], T0)
     tid = await claim_one(store)
 
-    await store.release(tid, T0 + 5)
+    await store.release(tid, T0 + 5, epoch=EPOCH)
 
     [entry] = await store.ledger(7, 1)
     assert entry.state == TransitionState.PENDING
     assert (entry.attempts, entry.first_attempt_at, entry.last_attempt_at) == (0, None, None)
     assert entry.next_attempt_at == T0 + 5
-    assert (await store.claim_due(T0 + 4, 10, coalesce=False)).claimed == []
-    [again] = (await store.claim_due(T0 + 5, 10, coalesce=False)).claimed
+    assert (await store.claim_due(T0 + 4, 10, coalesce=False, epoch=EPOCH)).claimed == []
+    [again] = (await store.claim_due(T0 + 5, 10, coalesce=False, epoch=EPOCH)).claimed
     assert (again.id, again.attempts) == (tid, 0)
 
 
@@ -493,7 +499,7 @@ async def test_mark_dead_moves_a_transition_to_the_dead_letters(
     await store.ingest([events.matched()], T0)
     tid = await claim_one(store)
 
-    await store.mark_dead(tid, T0 + 1, reason="lead not found", http_status=404)
+    await store.mark_dead(tid, T0 + 1, reason="lead not found", http_status=404, epoch=EPOCH)
 
     [dead] = await store.dead_letters()
     assert (dead.id, dead.state, dead.reason, dead.http_status) == (
@@ -503,25 +509,25 @@ async def test_mark_dead_moves_a_transition_to_the_dead_letters(
         404,
     )
     assert dead.attempts == 1
-    assert (await store.claim_due(T0 + 100, 10, coalesce=False)).claimed == []
+    assert (await store.claim_due(T0 + 100, 10, coalesce=False, epoch=EPOCH)).claimed == []
 
 
 async def test_a_dead_transition_does_not_block_its_lead(store: Store, events: Events) -> None:
     await store.ingest([events.matched(occurred_at=T0)], T0)
     await store.ingest([events.matched(occurred_at=T0 + 1)], T0)
-    await store.mark_dead(await claim_one(store), T0, reason="bad", http_status=422)
+    await store.mark_dead(await claim_one(store), T0, reason="bad", http_status=422, epoch=EPOCH)
 
-    claim = await store.claim_due(T0, 10, coalesce=False)
+    claim = await store.claim_due(T0, 10, coalesce=False, epoch=EPOCH)
 
     assert [q.occurred_at for q in claim.claimed] == [T0 + 1]
 
 
 async def test_dead_letters_are_newest_first_and_limited(store: Store, events: Events) -> None:
     await store.ingest([events.matched(lead_id=n) for n in range(3)], T0)
-    claimed = [q.id for q in (await store.claim_due(T0, 10, coalesce=False)).claimed]
+    claimed = [q.id for q in (await store.claim_due(T0, 10, coalesce=False, epoch=EPOCH)).claimed]
     # Killed in the reverse order of their ids: the last one dies first.
     for n, tid in enumerate(claimed):
-        await store.mark_dead(tid, T0 + 10 - n, reason=f"r{n}", http_status=None)
+        await store.mark_dead(tid, T0 + 10 - n, reason=f"r{n}", http_status=None, epoch=EPOCH)
 
     dead = await store.dead_letters()
     two = await store.dead_letters(limit=2)
@@ -532,18 +538,67 @@ async def test_dead_letters_are_newest_first_and_limited(store: Store, events: E
     assert dead[0].http_status is None
 
 
-async def test_settling_a_transition_that_is_no_longer_in_flight_changes_nothing(
-    store: Store, events: Events
+async def test_a_settle_from_an_earlier_lease_term_is_refused_and_changes_nothing(
+    store: Store, backend: Backend, events: Events
 ) -> None:
     await store.ingest([events.matched()], T0)
     tid = await claim_one(store)
-    assert await store.recover_claims() == 1
+    new_epoch = await backend.take_over()
+    assert await store.recover_claims(epoch=new_epoch) == 1
 
-    await store.mark_delivered(tid, T0 + 1, 200)
-    await store.mark_dead(tid, T0 + 1, reason="late", http_status=500)
+    for settle in (
+        store.mark_delivered(tid, T0 + 1, 200, epoch=EPOCH),
+        store.mark_dead(tid, T0 + 1, reason="late", http_status=500, epoch=EPOCH),
+        store.schedule_retry(tid, T0 + 1, T0 + 2, counts=True, epoch=EPOCH),
+        store.release(tid, T0 + 2, epoch=EPOCH),
+    ):
+        with pytest.raises(LeaseLost):
+            await settle
 
     [entry] = await store.ledger(7, 1)
     assert (entry.state, entry.attempts) == (TransitionState.PENDING, 0)
+
+
+async def test_a_settle_of_a_claim_the_new_holder_claimed_again_is_refused(
+    store: Store, backend: Backend, events: Events
+) -> None:
+    await store.ingest([events.matched()], T0)
+    old = await claim_one(store)
+    new_epoch = await backend.take_over()
+    await store.recover_claims(epoch=new_epoch)
+    claim = await store.claim_due(T0, 10, coalesce=False, epoch=new_epoch)
+    assert [q.id for q in claim.claimed] == [old]
+
+    with pytest.raises(LeaseLost):
+        await store.mark_delivered(old, T0 + 1, 200, epoch=EPOCH)
+    await store.mark_delivered(old, T0 + 1, 200, epoch=new_epoch)
+
+    [entry] = await store.ledger(7, 1)
+    assert (entry.state, entry.attempts) == (TransitionState.DELIVERED, 1)
+
+
+async def test_claims_and_recoveries_from_an_earlier_term_are_refused(
+    store: Store, backend: Backend, events: Events
+) -> None:
+    await store.ingest([events.matched()], T0)
+    await backend.take_over()
+
+    with pytest.raises(LeaseLost):
+        await store.claim_due(T0, 10, coalesce=False, epoch=EPOCH)
+    with pytest.raises(LeaseLost):
+        await store.recover_claims(epoch=EPOCH)
+    [entry] = await store.ledger(7, 1)
+    assert entry.state is TransitionState.PENDING
+
+
+async def test_nothing_is_claimed_once_the_lease_was_released(
+    store: Store, backend: Backend, events: Events
+) -> None:
+    await store.ingest([events.matched()], T0)
+    await backend.lease().release(HOLDER, EPOCH)
+
+    with pytest.raises(LeaseLost):
+        await store.claim_due(T0, 10, coalesce=False, epoch=EPOCH)
 
 
 # --- dead letters retried ---------------------------------------------------------------------
@@ -551,16 +606,18 @@ async def test_settling_a_transition_that_is_no_longer_in_flight_changes_nothing
 
 async def _three_dead(store: Store, events: Events) -> list[int]:
     await store.ingest([events.matched(lead_id=n) for n in range(3)], T0)
-    ids = [q.id for q in (await store.claim_due(T0, 10, coalesce=False)).claimed]
+    ids = [q.id for q in (await store.claim_due(T0, 10, coalesce=False, epoch=EPOCH)).claimed]
     for tid in ids:
-        await store.schedule_retry(tid, T0, T0, counts=True, not_found=True, http_status=404)
+        await store.schedule_retry(
+            tid, T0, T0, counts=True, not_found=True, http_status=404, epoch=EPOCH
+        )
         await claim_one_of(store, tid)
-        await store.mark_dead(tid, T0 + 1, reason="server error", http_status=500)
+        await store.mark_dead(tid, T0 + 1, reason="server error", http_status=500, epoch=EPOCH)
     return ids
 
 
 async def claim_one_of(store: Store, tid: int) -> None:
-    claim = await store.claim_due(T0, 10, coalesce=False)
+    claim = await store.claim_due(T0, 10, coalesce=False, epoch=EPOCH)
     assert tid in [q.id for q in claim.claimed]
 
 
@@ -572,7 +629,7 @@ async def test_retry_dead_without_ids_requeues_every_dead_with_fresh_attempts(
     assert await store.retry_dead(None, T0 + 10) == 3
 
     assert await store.dead_letters() == []
-    claim = await store.claim_due(T0 + 10, 10, coalesce=False)
+    claim = await store.claim_due(T0 + 10, 10, coalesce=False, epoch=EPOCH)
     assert sorted(q.id for q in claim.claimed) == sorted(ids)
     assert {(q.attempts, q.not_found_attempts) for q in claim.claimed} == {(0, 0)}
 
@@ -589,7 +646,9 @@ async def test_retry_dead_with_ids_requeues_only_those(store: Store, events: Eve
         0,
         T0 + 10,
     )
-    assert [q.id for q in (await store.claim_due(T0 + 10, 10, coalesce=False)).claimed] == [ids[1]]
+    assert [
+        q.id for q in (await store.claim_due(T0 + 10, 10, coalesce=False, epoch=EPOCH)).claimed
+    ] == [ids[1]]
 
 
 async def test_retry_dead_leaves_transitions_that_are_not_dead_alone(
@@ -597,7 +656,7 @@ async def test_retry_dead_leaves_transitions_that_are_not_dead_alone(
 ) -> None:
     await store.ingest([events.matched()], T0)
     tid = await claim_one(store)
-    await store.mark_delivered(tid, T0, 200)
+    await store.mark_delivered(tid, T0, 200, epoch=EPOCH)
 
     assert await store.retry_dead([tid], T0 + 1) == 0
     assert await store.retry_dead(None, T0 + 1) == 0
@@ -611,24 +670,25 @@ async def test_recover_claims_puts_claims_of_a_dead_worker_back_to_pending(
     backend: Backend, events: Events
 ) -> None:
     first = await backend.open()
+    assert (await backend.lease().acquire(HOLDER, 3600)).epoch == EPOCH
     await first.ingest([events.matched(lead_id=1), events.matched(lead_id=2)], T0)
     await first.ingest([events.matched(lead_id=3)], T0)
-    claimed = await first.claim_due(T0, 2, coalesce=False)
+    claimed = await first.claim_due(T0, 2, coalesce=False, epoch=EPOCH)
     await first.close()  # the worker "crashed": its claims were never settled
 
     second = await backend.open()
-    stuck = await second.claim_due(T0, 10, coalesce=False)
+    epoch = await backend.take_over()
+    stuck = await second.claim_due(T0, 10, coalesce=False, epoch=epoch)
     assert [q.lead_id for q in stuck.claimed] == [3]  # leads 1 and 2 still look in flight
-    await second.release(stuck.claimed[0].id, T0 + 60)
+    await second.release(stuck.claimed[0].id, T0 + 60, epoch=epoch)
 
-    recovered = await second.recover_claims()
+    recovered = await second.recover_claims(epoch=epoch)
 
     assert recovered == 2
-    again = await second.claim_due(T0, 10, coalesce=False)
+    again = await second.claim_due(T0, 10, coalesce=False, epoch=epoch)
     assert sorted(q.id for q in again.claimed) == sorted(q.id for q in claimed.claimed)
     assert {q.attempts for q in again.claimed} == {0}
-    assert await second.recover_claims() == 2
-    assert await second.recover_claims() == 0
+    assert await second.recover_claims(epoch=epoch) == 0  # this term's claims are live
 
 
 async def test_ingested_events_survive_close_and_reopen(backend: Backend, events: Events) -> None:
@@ -637,11 +697,12 @@ async def test_ingested_events_survive_close_and_reopen(backend: Backend, events
     await first.close()
 
     second = await backend.open()
+    epoch = await backend.take_over()
 
     stats = await second.stats(T0)
     assert stats.events["matched"] == 1
     assert stats.events["ignored"] == 1
-    assert len((await second.claim_due(T0, 10, coalesce=False)).claimed) == 1
+    assert len((await second.claim_due(T0, 10, coalesce=False, epoch=epoch)).claimed) == 1
 
 
 async def test_a_read_only_store_reads_but_refuses_writes(backend: Backend, events: Events) -> None:
@@ -732,10 +793,10 @@ async def test_apply_replay_stores_the_new_outcome_and_queues_new_transitions(
         Outcome.MATCHED,
         (
             Transition("new-rule", 7, 1, LeadStatus.LOST),
-            Transition("new-rule", 7, 2, LeadStatus.LOST),
+            Transition("other-rule", 7, 2, LeadStatus.LOST),
         ),
         (),
-        ("new-rule",),
+        ("new-rule", "other-rule"),
     )
 
     queued = await store.apply_replay(stored.pk, verdict, T0 + 100)
@@ -744,10 +805,10 @@ async def test_apply_replay_stores_the_new_outcome_and_queues_new_transitions(
     [replayed] = await store.events_for_replay(ids=[stored.pk])
     assert (replayed.outcome, replayed.rule) == (Outcome.MATCHED, "new-rule")
     assert await store.events_for_replay(outcome=Outcome.IGNORED) == []
-    claim = await store.claim_due(T0 + 100, 10, coalesce=False)
+    claim = await store.claim_due(T0 + 100, 10, coalesce=False, epoch=EPOCH)
     assert {(q.lead_id, q.rule, q.occurred_at, q.created_at) for q in claim.claimed} == {
         (1, "new-rule", T0 - 30, T0 + 100),
-        (2, "new-rule", T0 - 30, T0 + 100),
+        (2, "other-rule", T0 - 30, T0 + 100),
     }
 
 
@@ -773,10 +834,12 @@ async def test_stats_counts_states_outcomes_retrying_and_oldest_pending_age(
 ) -> None:
     await store.ingest([events.ignored(), events.unmapped()], T0 - 100)
     await store.ingest([events.matched(lead_id=n) for n in range(1, 5)], T0 - 60)
-    one, two, three, _four = (q.id for q in (await store.claim_due(T0, 10, coalesce=False)).claimed)
-    await store.mark_delivered(one, T0, 200)
-    await store.mark_dead(two, T0, reason="x", http_status=400)
-    await store.schedule_retry(three, T0, T0 + 10, counts=True, http_status=500)
+    one, two, three, _four = (
+        q.id for q in (await store.claim_due(T0, 10, coalesce=False, epoch=EPOCH)).claimed
+    )
+    await store.mark_delivered(one, T0, 200, epoch=EPOCH)
+    await store.mark_dead(two, T0, reason="x", http_status=400, epoch=EPOCH)
+    await store.schedule_retry(three, T0, T0 + 10, counts=True, http_status=500, epoch=EPOCH)
     # four stays in flight
     await store.ingest([events.matched(lead_id=9)], T0 - 10)  # pending, never tried
 
@@ -796,11 +859,11 @@ async def test_stats_counts_states_outcomes_retrying_and_oldest_pending_age(
 
 async def test_stats_counts_superseded_and_stale(store: Store, events: Events) -> None:
     await store.ingest([events.matched(occurred_at=T0 + 200)], T0)
-    await store.mark_delivered(await claim_one(store), T0, 200)
+    await store.mark_delivered(await claim_one(store), T0, 200, epoch=EPOCH)
     await store.ingest([events.matched(occurred_at=T0 + 100)], T0)
-    await store.claim_due(T0, 10, coalesce=False)  # stale
+    await store.claim_due(T0, 10, coalesce=False, epoch=EPOCH)  # stale
     await store.ingest([events.matched(occurred_at=T0 + 300 + n) for n in range(2)], T0)
-    await store.claim_due(T0, 10, coalesce=True)  # one superseded, one in flight
+    await store.claim_due(T0, 10, coalesce=True, epoch=EPOCH)  # one superseded, one in flight
 
     stats = await store.stats(T0)
 
@@ -816,11 +879,11 @@ async def test_purge_deletes_old_settled_events_and_keeps_the_rest(
     await store.ingest([events.ignored(received_at=T0)], T0)  # too recent
     await store.ingest([events.matched(lead_id=n, received_at=old) for n in range(1, 5)], old)
     delivered, dead, in_flight, pending = (
-        q.id for q in (await store.claim_due(T0, 10, coalesce=False)).claimed
+        q.id for q in (await store.claim_due(T0, 10, coalesce=False, epoch=EPOCH)).claimed
     )
-    await store.mark_delivered(delivered, T0, 200)
-    await store.mark_dead(dead, T0, reason="x", http_status=400)
-    await store.release(pending, T0 + 60)
+    await store.mark_delivered(delivered, T0, 200, epoch=EPOCH)
+    await store.mark_dead(dead, T0, reason="x", http_status=400, epoch=EPOCH)
+    await store.release(pending, T0 + 60, epoch=EPOCH)
 
     purged = await store.purge(T0 - 1)
 
@@ -841,10 +904,12 @@ async def test_purge_keeps_an_event_while_any_of_its_transitions_is_unsettled(
     store: Store, events: Events
 ) -> None:
     event = events.event(received_at=T0 - 1000)
-    both = (Transition("r", 7, 1, LeadStatus.WON), Transition("r", 7, 2, LeadStatus.WON))
-    await store.ingest([(event, Evaluation(Outcome.MATCHED, both, (), ("r",)))], T0)
-    first, _second = (q.id for q in (await store.claim_due(T0, 10, coalesce=False)).claimed)
-    await store.mark_delivered(first, T0, 200)
+    both = (Transition("r", 7, 1, LeadStatus.WON), Transition("s", 7, 2, LeadStatus.WON))
+    await store.ingest([(event, Evaluation(Outcome.MATCHED, both, (), ("r", "s")))], T0)
+    first, _second = (
+        q.id for q in (await store.claim_due(T0, 10, coalesce=False, epoch=EPOCH)).claimed
+    )
+    await store.mark_delivered(first, T0, 200, epoch=EPOCH)
 
     assert await store.purge(T0) == 0
     assert len(await store.ledger(7, 1)) == 1
@@ -857,3 +922,109 @@ async def test_purge_goes_through_any_number_of_events(store: Store, events: Eve
     assert await store.purge(T0) == 2500
 
     assert (await store.stats(T0)).events == {"ignored": 0, "unmapped": 0, "matched": 1}
+
+
+# --- the delivery lease -----------------------------------------------------------------------
+
+
+async def test_the_lease_is_refused_while_held_and_its_epoch_grows_at_each_acquisition(
+    backend: Backend,
+) -> None:
+    await backend.open()
+    lease = backend.lease()
+
+    first = await lease.acquire("a", 60)
+    other = await lease.acquire("b", 60)
+    assert first.epoch is not None
+    assert other.epoch is None
+    assert other.expires_in is not None and 50 < other.expires_in <= 60
+
+    await lease.release("a", first.epoch)
+    second = await lease.acquire("b", 60)
+
+    assert second.epoch == first.epoch + 1
+
+
+async def test_only_the_current_holder_and_epoch_can_renew_or_release(backend: Backend) -> None:
+    await backend.open()
+    lease = backend.lease()
+    grant = await lease.acquire("a", 60)
+    assert grant.epoch is not None
+
+    assert await lease.renew("a", grant.epoch, 60)
+    assert not await lease.renew("b", grant.epoch, 60)
+    assert not await lease.renew("a", grant.epoch - 1, 60)
+    await lease.release("b", grant.epoch)  # not b's to release
+    assert (await lease.acquire("b", 60)).epoch is None
+
+
+async def test_an_expired_lease_can_be_taken_and_then_its_old_holder_cannot_renew(
+    backend: Backend,
+) -> None:
+    await backend.open()
+    lease = backend.lease()
+    old = await lease.acquire("a", 0.05)  # expires by the database's clock in 50 ms
+    assert old.epoch is not None
+
+    taken = await lease.acquire("b", 60)
+    for _ in range(200):  # until the database's clock passes the expiry; bounded
+        if taken.epoch is not None:
+            break
+        await asyncio.sleep(0.01)
+        taken = await lease.acquire("b", 60)
+
+    assert taken.epoch == old.epoch + 1
+    assert not await lease.renew("a", old.epoch, 60)
+
+
+async def test_an_expired_lease_nobody_took_can_still_be_renewed_by_its_holder(
+    backend: Backend,
+) -> None:
+    await backend.open()
+    lease = backend.lease()
+    grant = await lease.acquire("a", 0)  # expired from the next statement on
+    assert grant.epoch is not None
+
+    assert await lease.renew("a", grant.epoch, 60)
+    assert (await lease.acquire("b", 60)).epoch is None
+
+
+# --- replay is idempotent in the store ---------------------------------------------------------
+
+
+async def test_replaying_an_event_that_is_already_matched_queues_nothing(
+    store: Store, events: Events
+) -> None:
+    event, _ = events.matched()
+    await store.ingest([(event, Evaluation(Outcome.UNMAPPED))], T0)
+    [stored] = await store.events_for_replay(outcome=Outcome.UNMAPPED)
+    verdict = Evaluation(Outcome.MATCHED, (Transition("r", 7, 1, LeadStatus.WON),), (), ("r",))
+
+    first = await store.apply_replay(stored.pk, verdict, T0)
+    second = await store.apply_replay(stored.pk, verdict, T0)
+
+    assert (first, second) == (1, 0)
+    assert len(await store.ledger(7, 1)) == 1
+
+
+async def test_two_stores_replaying_the_same_events_at_once_queue_each_transition_once(
+    backend: Backend, events: Events
+) -> None:
+    stores = [await backend.open(), await backend.open()]
+    await stores[0].ingest([(events.event(), Evaluation(Outcome.UNMAPPED)) for _ in range(50)], T0)
+    chosen = await stores[0].events_for_replay(outcome=Outcome.UNMAPPED)
+
+    async def replay(store: Store) -> int:
+        queued = 0
+        for stored in chosen:
+            lead = stored.pk
+            verdict = Evaluation(
+                Outcome.MATCHED, (Transition("r", 7, lead, LeadStatus.WON),), (), ("r",)
+            )
+            queued += await store.apply_replay(stored.pk, verdict, T0)
+        return queued
+
+    totals = await asyncio.gather(replay(stores[0]), replay(stores[1]))
+
+    assert sum(totals) == 50
+    assert (await stores[0].stats(T0)).transitions["pending"] == 50

@@ -20,9 +20,19 @@ from bridge.errors import ConfigError, StorageError
 from bridge.models import Evaluation, LeadStatus, Outcome, Transition
 from bridge.store import open_store
 from bridge.store.postgres import PostgresStore
-from bridge.store.postgres_schema import SCHEMA_VERSION
+from bridge.store.postgres.lease import PostgresLease
+from bridge.store.postgres.schema import SCHEMA_VERSION
 
-from .conftest import POSTGRES_DSN_ENV, T0, Events, drop_schema, fresh_schema, postgres_url
+from .conftest import (
+    EPOCH,
+    HOLDER,
+    POSTGRES_DSN_ENV,
+    T0,
+    Events,
+    drop_schema,
+    fresh_schema,
+    postgres_url,
+)
 
 DSN = os.environ.get(POSTGRES_DSN_ENV, "")
 
@@ -47,11 +57,15 @@ async def schema() -> AsyncIterator[str]:
 async def stores(schema: str) -> AsyncIterator[list[PostgresStore]]:
     """Two open stores on one schema: two bridge processes."""
     opened = [PostgresStore.from_url(postgres_url(DSN, schema)) for _ in range(2)]
+    lease = PostgresLease(opened[0].dsn, opened[0].settings)
     try:
         for store in opened:
             await store.open()
+        # Both claim under one term (EPOCH): the per-lead locks alone keep them apart.
+        assert (await lease.acquire(HOLDER, 3600)).epoch == EPOCH
         yield opened
     finally:
+        await lease.close()
         for store in opened:
             await store.close()
 
@@ -110,7 +124,7 @@ async def test_two_processes_claiming_at_once_never_hand_out_a_lead_twice(
     await stores[0].ingest([events.matched(lead_id=n % 20) for n in range(40)], T0)
 
     claims = await asyncio.gather(
-        *(stores[n % 2].claim_due(T0, 3, coalesce=False) for n in range(10))
+        *(stores[n % 2].claim_due(T0, 3, coalesce=False, epoch=EPOCH) for n in range(10))
     )
 
     claimed = [q for claim in claims for q in claim.claimed]
@@ -136,13 +150,13 @@ async def test_two_racing_deliverers_send_every_transition_once_and_in_lead_orde
         for _ in range(10_000):  # a bound, so a bug fails instead of hanging
             if len(sent) == leads * per_lead:
                 return
-            claim = await store.claim_due(T0, 2, coalesce=False)
+            claim = await store.claim_due(T0, 2, coalesce=False, epoch=EPOCH)
             assert claim.stale == []
             for queued in claim.claimed:
                 # Recorded before the lead is released: a second claim of this lead
                 # can only come after the mark_delivered below has committed.
                 sent.append((queued.id, queued.lead_id, queued.occurred_at))
-                await store.mark_delivered(queued.id, T0, 200)
+                await store.mark_delivered(queued.id, T0, 200, epoch=EPOCH)
         raise AssertionError("deliverers did not finish")
 
     await asyncio.gather(deliverer(stores[0]), deliverer(stores[1]))
@@ -227,3 +241,60 @@ def test_bad_url_options_are_refused_without_quoting_the_url(query: str) -> None
         PostgresStore.from_url(f"postgresql://u:s3cret-pw@h/db?{query}")
 
     assert "s3cret-pw" not in str(caught.value)
+
+
+@needs_postgres
+async def test_a_purge_during_a_replay_keeps_the_event_and_the_transitions_it_queues(
+    stores: list[PostgresStore], schema: str, events: Events
+) -> None:
+    # Given an old unmapped event, and lead 1 known to the store.
+    old = events.event(received_at=T0 - 10_000)
+    await stores[0].ingest([(old, Evaluation(Outcome.UNMAPPED)), events.matched(lead_id=1)], T0)
+    [stored] = await stores[0].events_for_replay(outcome=Outcome.UNMAPPED)
+    verdict = Evaluation(Outcome.MATCHED, (Transition("r", 7, 1, LeadStatus.WON),), (), ("r",))
+    # ... and another session holding lead 1's row, so that the replay below stops right
+    # after inserting its transition, with its transaction still open.
+    blocker = await asyncpg.connect(DSN, server_settings={"search_path": schema})
+    try:
+        hold = blocker.transaction()
+        await hold.start()
+        await blocker.execute("SELECT 1 FROM leads WHERE account_id = 7 AND lead_id = 1 FOR UPDATE")
+        replay = asyncio.create_task(stores[0].apply_replay(stored.pk, verdict, T0))
+        await _until(lambda: _waiters(blocker), 1, "the replay never reached the lead lock")
+
+        # When the retention purge runs meanwhile (on the other replica): it either
+        # finishes, or waits for the replay (the bug: it would then delete the event).
+        purge = asyncio.create_task(stores[1].purge(T0 - 1))
+
+        async def purge_done_or_waiting() -> int:
+            return 2 if purge.done() else await _waiters(blocker)
+
+        await _until(purge_done_or_waiting, 2, "the purge neither finished nor waited")
+        await hold.rollback()
+        assert await replay == 1
+        await purge
+    finally:
+        await blocker.close()
+
+    # ... then the event and its new transition are both still there.
+    assert [e.pk for e in await stores[0].events_for_replay(ids=[stored.pk])] == [stored.pk]
+    assert [e.rule for e in await stores[0].ledger(7, 1)].count("r") == 1
+
+
+async def _waiters(conn: asyncpg.Connection) -> int:
+    """How many of the bridge's sessions wait for another transaction's lock."""
+    count: int = await conn.fetchval(
+        "SELECT count(*) FROM pg_locks WHERE NOT granted AND pid IN (SELECT pid FROM"
+        " pg_stat_activity WHERE datname = current_database()"
+        " AND application_name = 'voxys-bridge')"
+    )
+    return count
+
+
+async def _until(probe: Any, at_least: int, message: str) -> None:
+    """Poll `probe()` until it returns at least `at_least`; bounded at 5 s."""
+    for _ in range(500):
+        if await probe() >= at_least:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(message)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from bridge.errors import StorageError
-from bridge.store.sqlite_threads import Writer
+from bridge.store.sqlite.threads import Writer
 
 
 @pytest.fixture

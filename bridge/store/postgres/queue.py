@@ -20,8 +20,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any, Final
 
+from bridge.claims import plan_lead
+from bridge.errors import LeaseLost
 from bridge.models import Transition
-from bridge.store.base import Claim
+from bridge.store.base import Claim, QueuedTransition
 from bridge.store.rows import queued
 
 LeadKey = tuple[int, int]
@@ -94,18 +96,21 @@ async def queue_transitions(
     occurred: Sequence[float],
     transitions: Sequence[Transition],
     now: float,
-) -> set[LeadKey]:
+) -> tuple[set[LeadKey], int]:
     """Insert transitions (one per event_pk/occurred_at) pending and due now; lock their leads.
 
-    The caller refreshes the returned leads once everything is inserted.
+    Returns the leads touched and how many transitions were new: an (event, rule)
+    already queued is never queued again. The caller refreshes the returned leads once
+    everything is inserted.
     """
     if not transitions:
-        return set()
-    await conn.execute(
+        return set(), 0
+    status = await conn.execute(
         "INSERT INTO transitions (event_pk, rule, account_id, lead_id, status, notes,"
         " occurred_at, created_at, state, next_attempt_at)"
         " SELECT *, $8::float8, 'pending', $8::float8 FROM unnest($1::bigint[], $2::text[],"
-        " $3::bigint[], $4::bigint[], $5::text[], $6::text[], $7::float8[])",
+        " $3::bigint[], $4::bigint[], $5::text[], $6::text[], $7::float8[])"
+        " ON CONFLICT (event_pk, rule) DO NOTHING",
         list(event_pks),
         [text(t.rule) for t in transitions],
         [t.account_id for t in transitions],
@@ -117,74 +122,89 @@ async def queue_transitions(
     )
     keys = {(t.account_id, t.lead_id) for t in transitions}
     await lock_leads(conn, keys)
-    return keys
+    return keys, _count(status)
 
 
-async def _settle(conn: Any, rows: list[Any], state: str, now: float) -> None:
+async def check_epoch(conn: Any, epoch: int) -> None:
+    """Raise LeaseLost unless `epoch` is the delivery lease's current, held epoch.
+
+    The lease row stays share-locked until the caller's transaction ends, so a new
+    holder's acquisition (an UPDATE of the row) waits for this claim or settle to commit
+    and cannot slip in between the check and the write.
+    """
+    current = await conn.fetchval(
+        "SELECT holder IS NOT NULL AND epoch = $1 FROM lease WHERE name = 'delivery' FOR SHARE",
+        epoch,
+    )
+    if not current:
+        raise LeaseLost(epoch)
+
+
+async def _settle(conn: Any, rows: Sequence[QueuedTransition], state: str, now: float) -> None:
     if rows:
         await conn.execute(
             "UPDATE transitions SET state = $1, settled_at = $2, next_attempt_at = NULL"
             " WHERE id = ANY($3::bigint[])",
             state,
             now,
-            [row[0] for row in rows],
+            [t.id for t in rows],
         )
 
 
-async def _pending(conn: Any, key: LeadKey, limit: int | None = None) -> list[Any]:
-    rows: list[Any] = await conn.fetch(
+async def _pending(
+    conn: Any, key: LeadKey, limit: int | None, after: tuple[float, int] | None
+) -> list[QueuedTransition]:
+    low = after or (float("-inf"), 0)
+    rows = await conn.fetch(
         f"SELECT {QUEUED} {FROM} WHERE t.account_id = $1 AND t.lead_id = $2"
-        " AND t.state = 'pending' ORDER BY t.occurred_at, t.id LIMIT $3",
+        " AND t.state = 'pending' AND (t.occurred_at, t.id) > ($3, $4)"
+        " ORDER BY t.occurred_at, t.id LIMIT $5",
         *key,
+        *low,
         limit,
     )
-    return rows
+    return [queued(row) for row in rows]
 
 
-async def _claim(conn: Any, row: Any, out: Claim) -> None:
-    await conn.execute("UPDATE transitions SET state = 'in_flight' WHERE id = $1", row[0])
-    out.claimed.append(queued(row))
+PAGE: Final = 64  # pending transitions read at a time without coalescing
 
 
 async def _claim_lead(
-    conn: Any, key: LeadKey, last_delivered: float | None, now: float, coalesce: bool, out: Claim
+    conn: Any,
+    key: LeadKey,
+    last_delivered: float | None,
+    now: float,
+    coalesce: bool,
+    epoch: int,
+    out: Claim,
 ) -> None:
     """Settle one locked, due lead's stale or superseded transitions and claim its head."""
-
-    def is_stale(row: Any) -> bool:
-        return last_delivered is not None and row[8] < last_delivered
-
-    if coalesce:
-        rows = await _pending(conn, key)
-        if not rows or rows[-1][12] > now:
+    after = None
+    while True:
+        # With coalescing the plan needs every pending transition; without, one page
+        # usually decides (only a run of stale heads needs the next).
+        page = await _pending(conn, key, None if coalesce else PAGE, after)
+        plan = plan_lead(page, last_delivered, now, coalesce=coalesce)
+        await _settle(conn, plan.stale, "stale", now)
+        await _settle(conn, plan.superseded, "superseded", now)
+        out.stale.extend(plan.stale)
+        out.superseded.extend(plan.superseded)
+        if plan.claim is not None:
+            await conn.execute(
+                "UPDATE transitions SET state = 'in_flight', claim_epoch = $2 WHERE id = $1",
+                plan.claim.id,
+                epoch,
+            )
+            out.claimed.append(plan.claim)
             return
-        head, older = rows[-1], rows[:-1]
-        if is_stale(head):  # then every older one is stale too
-            await _settle(conn, rows, "stale", now)
-            out.stale.extend(map(queued, rows))
+        if coalesce or len(plan.stale) < PAGE:
             return
-        await _settle(conn, older, "superseded", now)
-        out.superseded.extend(map(queued, older))
-        await _claim(conn, head, out)
-        return
-    while rows := await _pending(conn, key, 64):  # usually one row: only stale heads need more
-        stale = []
-        for row in rows:
-            if row[12] > now:
-                break
-            if is_stale(row):
-                stale.append(row)
-                continue
-            await _claim(conn, row, out)
-            break
-        await _settle(conn, stale, "stale", now)
-        out.stale.extend(map(queued, stale))
-        if len(stale) < len(rows):
-            return
+        after = (page[-1].occurred_at, page[-1].id)
 
 
-async def claim_due(conn: Any, now: float, limit: int, coalesce: bool) -> Claim:
+async def claim_due(conn: Any, now: float, limit: int, coalesce: bool, epoch: int) -> Claim:
     """Claim up to `limit` due leads' heads; see Store.claim_due for the rules."""
+    await check_epoch(conn, epoch)
     column = "last_due_at" if coalesce else "first_due_at"
     out = Claim(claimed=[], superseded=[], stale=[], next_due_at=None)
     while len(out.claimed) < limit:
@@ -200,7 +220,7 @@ async def claim_due(conn: Any, now: float, limit: int, coalesce: bool) -> Claim:
             break
         for account_id, lead_id, last_delivered in leads:
             key = (account_id, lead_id)
-            await _claim_lead(conn, key, last_delivered, now, coalesce, out)
+            await _claim_lead(conn, key, last_delivered, now, coalesce, epoch, out)
             await refresh_leads(conn, [key])
     next_due_at = await conn.fetchval(
         "SELECT min(next_attempt_at) FROM transitions"
@@ -210,20 +230,25 @@ async def claim_due(conn: Any, now: float, limit: int, coalesce: bool) -> Claim:
     return Claim(out.claimed, out.superseded, out.stale, next_due_at)
 
 
-async def recover_claims(conn: Any) -> int:
-    """Put every in_flight transition back to pending."""
+async def recover_claims(conn: Any, epoch: int) -> int:
+    """Put every in_flight transition claimed in an earlier term back to pending."""
+    await check_epoch(conn, epoch)
     rows = await conn.fetch(
-        "SELECT DISTINCT account_id, lead_id FROM transitions WHERE state = 'in_flight'"
+        "SELECT DISTINCT account_id, lead_id FROM transitions"
+        " WHERE state = 'in_flight' AND claim_epoch IS DISTINCT FROM $1",
+        epoch,
     )
     keys = [(row[0], row[1]) for row in rows]
     await lock_leads(conn, keys)
     accounts, leads = _arrays(keys)
-    # Only the leads locked above: an in_flight claimed since is a live claim.
+    # Only the leads locked above, and only earlier terms' claims.
     status = await conn.execute(
-        f"UPDATE transitions t SET state = 'pending' FROM {KEYS}"  # noqa: S608
-        " WHERE t.account_id = k.a AND t.lead_id = k.l AND t.state = 'in_flight'",
+        f"UPDATE transitions t SET state = 'pending', claim_epoch = NULL FROM {KEYS}"  # noqa: S608
+        " WHERE t.account_id = k.a AND t.lead_id = k.l AND t.state = 'in_flight'"
+        " AND t.claim_epoch IS DISTINCT FROM $3",
         accounts,
         leads,
+        epoch,
     )
     await refresh_leads(conn, keys)
     return _count(status)
@@ -235,46 +260,58 @@ def _count(status: str) -> int:
 
 
 _ATTEMPT = (
-    "first_attempt_at = coalesce(first_attempt_at, $2), last_attempt_at = $2,"
-    " http_status = $3, reason = $4"
+    "first_attempt_at = coalesce(first_attempt_at, $3), last_attempt_at = $3,"
+    " http_status = $4, reason = $5"
 )
-# $1 id, $2 now, $3 http_status, $4 reason, then per statement $5...
+# $1 id, $2 epoch, $3 now, $4 http_status, $5 reason, then per statement $6...
 DELIVERED: Final = (
-    "state = 'delivered', settled_at = $2, next_attempt_at = NULL,"
+    "state = 'delivered', settled_at = $3, next_attempt_at = NULL, claim_epoch = NULL,"
     f" attempts = attempts + 1, {_ATTEMPT}"
 )
 DEAD: Final = (
-    f"state = 'dead', settled_at = $2, next_attempt_at = NULL, attempts = attempts + 1, {_ATTEMPT}"
+    "state = 'dead', settled_at = $3, next_attempt_at = NULL, claim_epoch = NULL,"
+    f" attempts = attempts + 1, {_ATTEMPT}"
 )
-RETRY: Final = (  # $5 next, $6 counts, $7 not_found
-    "state = 'pending', next_attempt_at = $5, attempts = attempts + $6,"
-    f" not_found_attempts = not_found_attempts + $7, {_ATTEMPT}"
+RETRY: Final = (  # $6 next, $7 counts, $8 not_found
+    "state = 'pending', next_attempt_at = $6, claim_epoch = NULL, attempts = attempts + $7,"
+    f" not_found_attempts = not_found_attempts + $8, {_ATTEMPT}"
 )
 
 
 async def settle_claim(
-    conn: Any, transition_id: int, assignments: str, params: Sequence[Any], *, delivered: bool
+    conn: Any,
+    transition_id: int,
+    assignments: str,
+    params: Sequence[Any],
+    *,
+    epoch: int,
+    delivered: bool,
 ) -> None:
-    """Apply `assignments` to an in_flight transition, under its lead's lock; refresh the lead.
+    """Apply `assignments` to a transition in flight under `epoch`, under its lead's lock;
+    refresh the lead.
 
-    `params` fill $2... of `assignments`. A transition no longer in flight (its claim
-    was recovered meanwhile) is left alone: a claim's outcome only applies to the claim.
+    `params` fill $3... of `assignments`. Raises LeaseLost when the epoch is no longer
+    current or the claim is no longer this term's (a newer holder recovered it).
     """
+    await check_epoch(conn, epoch)
     key = await conn.fetchrow(
-        "SELECT account_id, lead_id FROM transitions WHERE id = $1 AND state = 'in_flight'",
+        "SELECT account_id, lead_id FROM transitions"
+        " WHERE id = $1 AND state = 'in_flight' AND claim_epoch = $2",
         transition_id,
+        epoch,
     )
     if key is None:
-        return
+        raise LeaseLost(epoch)
     await lock_leads(conn, [(key[0], key[1])])
     occurred_at = await conn.fetchval(  # state re-checked now that the lead is locked
         f"UPDATE transitions SET {assignments}"  # noqa: S608 (a constant above)
-        " WHERE id = $1 AND state = 'in_flight' RETURNING occurred_at",
+        " WHERE id = $1 AND state = 'in_flight' AND claim_epoch = $2 RETURNING occurred_at",
         transition_id,
+        epoch,
         *params,
     )
     if occurred_at is None:
-        return
+        raise LeaseLost(epoch)
     if delivered:  # the lead's newest delivered time only moves forward
         await conn.execute(
             "UPDATE leads SET last_delivered_at = greatest(last_delivered_at, $1)"
@@ -286,23 +323,8 @@ async def settle_claim(
     await refresh_leads(conn, [(key[0], key[1])])
 
 
-async def release(conn: Any, transition_id: int, next_attempt_at: float) -> None:
-    """Back to pending at `next_attempt_at` without recording an attempt."""
-    # RELEASE has no attempt columns, so its parameters are $1 id and $2 next.
-    key = await conn.fetchrow(
-        "SELECT account_id, lead_id FROM transitions WHERE id = $1 AND state = 'in_flight'",
-        transition_id,
-    )
-    if key is None:
-        return
-    await lock_leads(conn, [(key[0], key[1])])
-    await conn.execute(
-        "UPDATE transitions SET state = 'pending', next_attempt_at = $2"
-        " WHERE id = $1 AND state = 'in_flight'",
-        transition_id,
-        next_attempt_at,
-    )
-    await refresh_leads(conn, [(key[0], key[1])])
+# Releasing records no attempt: $3 is the time it is due again.
+RELEASE: Final = "state = 'pending', next_attempt_at = $3, claim_epoch = NULL"
 
 
 async def retry_dead(conn: Any, ids: Sequence[int] | None, now: float) -> int:

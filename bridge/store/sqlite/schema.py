@@ -82,6 +82,29 @@ MIGRATIONS: tuple[Migration, ...] = (
         "CREATE INDEX leads_last_due ON leads (last_due_at) WHERE last_due_at IS NOT NULL",
         "CREATE TABLE meta (key TEXT PRIMARY KEY, value)",
     ),
+    # 2: the fenced delivery lease; claims carry its epoch; one transition per (event, rule).
+    (
+        # One row. `expires_at` is POSIX seconds by the database's clock (see lease.py).
+        """
+        CREATE TABLE lease (
+            name TEXT PRIMARY KEY,
+            holder TEXT,
+            epoch INTEGER NOT NULL,
+            expires_at REAL NOT NULL
+        )
+        """,
+        "INSERT INTO lease (name, holder, epoch, expires_at) VALUES ('delivery', NULL, 0, 0)",
+        "ALTER TABLE transitions ADD COLUMN claim_epoch INTEGER",  # the term that claimed it
+        # Two concurrent replays could queue an event's transitions twice before this
+        # version. Such copies keep their history under a distinct rule name, so that the
+        # unique key can hold from now on.
+        """
+        UPDATE transitions SET rule = rule || ' (duplicate ' || id || ')'
+        WHERE id NOT IN (SELECT min(id) FROM transitions GROUP BY event_pk, rule)
+        """,
+        "CREATE UNIQUE INDEX transitions_event_rule ON transitions (event_pk, rule)",
+        "DROP INDEX transitions_event",  # the unique index serves lookups by event_pk
+    ),
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

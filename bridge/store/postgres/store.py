@@ -28,11 +28,11 @@ from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 import asyncpg
 
-from bridge.errors import ConfigError, StorageError
+from bridge.errors import ConfigError, LeaseLost, StorageError
 from bridge.models import Evaluation, Event, Outcome
-from bridge.store import postgres_queue as q
 from bridge.store.base import Claim, IngestResult, LedgerEntry, Stats, StoredEvent, TransitionState
-from bridge.store.postgres_schema import migrate
+from bridge.store.postgres import queue as q
+from bridge.store.postgres.schema import migrate
 from bridge.store.rows import ledger_entry, stored_event
 
 T = TypeVar("T")
@@ -91,6 +91,7 @@ class PostgresStore:
         self._read_only = read_only
         self._pool_min, self._pool_max = pool_min, max(pool_min, pool_max)
         self._pool: Any = None
+        self._resolved_schema: str | None = None
 
     @classmethod
     def from_url(cls, url: str) -> PostgresStore:
@@ -127,6 +128,22 @@ class PostgresStore:
     def schema(self) -> str | None:
         return self._schema
 
+    @property
+    def settings(self) -> dict[str, str]:
+        """The session settings of every connection to this store (its own or the lease's)."""
+        settings = {"application_name": "voxys-bridge"}
+        if self._schema is not None:
+            settings["search_path"] = f'"{self._schema}"'
+        if self._read_only:
+            settings["default_transaction_read_only"] = "on"
+        return settings
+
+    def resolved_schema(self) -> str:
+        """The schema the store's tables are in, as PostgreSQL resolved it at `open`."""
+        if self._resolved_schema is None:
+            raise StorageError("postgresql store is not open")
+        return self._resolved_schema
+
     # --- lifecycle ------------------------------------------------------------------
 
     def _error(self, op: str, exc: BaseException) -> StorageError:
@@ -147,11 +164,7 @@ class PostgresStore:
         """Create the pool and apply the missing migrations (under the advisory lock)."""
         if self._pool is not None:
             return
-        settings = {"application_name": "voxys-bridge"}
-        if self._schema is not None:
-            settings["search_path"] = f'"{self._schema}"'
-        if self._read_only:
-            settings["default_transaction_read_only"] = "on"
+        settings = self.settings
         pool: Any = None
         try:
             pool = await asyncpg.create_pool(
@@ -163,6 +176,12 @@ class PostgresStore:
             )
             async with pool.acquire() as conn:
                 await migrate(conn, schema=self._schema, read_only=self._read_only)
+                # Where `events` really is: identity for the wake-up channel, whatever
+                # the URL said (`?schema=public` and no schema are the same tables).
+                self._resolved_schema = await conn.fetchval(
+                    "SELECT n.nspname FROM pg_class c JOIN pg_namespace n"
+                    " ON n.oid = c.relnamespace WHERE c.oid = 'events'::regclass"
+                )
         except _FAILURES as exc:
             await _terminate(pool)
             raise self._error("open", exc) from None
@@ -238,7 +257,7 @@ class PostgresStore:
                     pks.append(row[0])
                     occurred.append(event.occurred_at)
                     transitions.append(transition)
-            touched = await q.queue_transitions(conn, pks, occurred, transitions, now)
+            touched, _ = await q.queue_transitions(conn, pks, occurred, transitions, now)
             await q.refresh_leads(conn, touched)
             return IngestResult(
                 stored=len(inserted),
@@ -254,9 +273,12 @@ class PostgresStore:
             return 0
 
         async def work(conn: Any) -> int:
+            # The row lock of this UPDATE serialises concurrent replays of the event;
+            # the one that waited re-checks the outcome on the committed row and, as
+            # the first one matched it, updates nothing and queues nothing.
             occurred_at = await conn.fetchval(
-                "UPDATE events SET outcome = $1, rule = $2, reason = $3 WHERE pk = $4"
-                " RETURNING occurred_at",
+                "UPDATE events SET outcome = $1, rule = $2, reason = $3"
+                " WHERE pk = $4 AND outcome <> 'matched' RETURNING occurred_at",
                 str(evaluation.outcome),
                 q.text(evaluation.rule),
                 q.text(evaluation.reason),
@@ -265,38 +287,52 @@ class PostgresStore:
             if occurred_at is None:
                 return 0
             n = len(evaluation.transitions)
-            touched = await q.queue_transitions(
+            touched, queued = await q.queue_transitions(
                 conn, [pk] * n, [occurred_at] * n, evaluation.transitions, now
             )
             await q.refresh_leads(conn, touched)
-            return n
+            return queued
 
         return await self._run("apply_replay", work)
 
     # --- delivery -------------------------------------------------------------------
 
-    async def recover_claims(self) -> int:
-        return await self._run("recover_claims", q.recover_claims)
+    async def recover_claims(self, *, epoch: int) -> int:
+        async def work(conn: Any) -> int:
+            return await q.recover_claims(conn, epoch)
 
-    async def claim_due(self, now: float, limit: int, *, coalesce: bool) -> Claim:
+        return await self._run("recover_claims", work)
+
+    async def claim_due(self, now: float, limit: int, *, coalesce: bool, epoch: int) -> Claim:
         async def work(conn: Any) -> Claim:
-            return await q.claim_due(conn, now, limit, coalesce)
+            return await q.claim_due(conn, now, limit, coalesce, epoch)
 
         return await self._run("claim_due", work)
 
-    async def _settle(self, op: str, tid: int, sql: str, *params: Any, delivered: bool) -> None:
+    async def _settle(
+        self, op: str, tid: int, sql: str, *params: Any, epoch: int, delivered: bool = False
+    ) -> None:
         if tid not in _BIGINT:
-            return
+            raise LeaseLost(epoch)  # no such claim can exist
 
         async def work(conn: Any) -> None:
-            await q.settle_claim(conn, tid, sql, params, delivered=delivered)
+            await q.settle_claim(conn, tid, sql, params, epoch=epoch, delivered=delivered)
 
         await self._run(op, work)
 
-    async def mark_delivered(self, transition_id: int, now: float, http_status: int) -> None:
+    async def mark_delivered(
+        self, transition_id: int, now: float, http_status: int, *, epoch: int
+    ) -> None:
         """Also records the attempt that got the 2xx (attempts + 1)."""
         await self._settle(
-            "mark_delivered", transition_id, q.DELIVERED, now, http_status, None, delivered=True
+            "mark_delivered",
+            transition_id,
+            q.DELIVERED,
+            now,
+            http_status,
+            None,
+            epoch=epoch,
+            delivered=True,
         )
 
     async def schedule_retry(
@@ -309,25 +345,26 @@ class PostgresStore:
         not_found: bool = False,
         http_status: int | None = None,
         reason: str | None = None,
+        epoch: int,
     ) -> None:
         params = (now, http_status, q.text(reason), next_attempt_at, int(counts), int(not_found))
-        await self._settle("schedule_retry", transition_id, q.RETRY, *params, delivered=False)
+        await self._settle("schedule_retry", transition_id, q.RETRY, *params, epoch=epoch)
 
-    async def release(self, transition_id: int, next_attempt_at: float) -> None:
-        if transition_id not in _BIGINT:
-            return
-
-        async def work(conn: Any) -> None:
-            await q.release(conn, transition_id, next_attempt_at)
-
-        await self._run("release", work)
+    async def release(self, transition_id: int, next_attempt_at: float, *, epoch: int) -> None:
+        await self._settle("release", transition_id, q.RELEASE, next_attempt_at, epoch=epoch)
 
     async def mark_dead(
-        self, transition_id: int, now: float, *, reason: str, http_status: int | None
+        self,
+        transition_id: int,
+        now: float,
+        *,
+        reason: str,
+        http_status: int | None,
+        epoch: int,
     ) -> None:
         """Also records the attempt that ended it (attempts + 1)."""
         params = (now, http_status, q.text(reason))
-        await self._settle("mark_dead", transition_id, q.DEAD, *params, delivered=False)
+        await self._settle("mark_dead", transition_id, q.DEAD, *params, epoch=epoch)
 
     # --- operating ------------------------------------------------------------------
 
@@ -423,9 +460,15 @@ class PostgresStore:
 
             async def work(conn: Any, after: tuple[float, int] = after) -> tuple[int, Any]:
                 # Keyset pagination over (received_at, pk): kept events are not scanned again.
+                # The chosen events are locked first (an event being replayed right now
+                # is skipped until the next purge). Then no transaction can add a
+                # transition to them (its foreign key check needs a share lock on the
+                # event), and the DELETE, a statement of its own, sees every transition
+                # committed before the locks were granted.
                 rows = await conn.fetch(
                     "SELECT pk, received_at FROM events WHERE received_at < $1"
-                    " AND (received_at, pk) > ($2, $3) ORDER BY received_at, pk LIMIT $4",
+                    " AND (received_at, pk) > ($2, $3) ORDER BY received_at, pk LIMIT $4"
+                    " FOR UPDATE SKIP LOCKED",
                     older_than,
                     *after,
                     PURGE_CHUNK,

@@ -13,8 +13,10 @@ import sqlite3
 from collections.abc import Iterable, Sequence
 from typing import Any, Final
 
+from bridge.claims import plan_lead
+from bridge.errors import LeaseLost
 from bridge.models import Transition
-from bridge.store.base import Claim
+from bridge.store.base import Claim, QueuedTransition
 from bridge.store.rows import queued
 
 LeadKey = tuple[int, int]
@@ -64,13 +66,15 @@ def queue_transitions(
     occurred_at: float,
     transitions: Sequence[Transition],
     now: float,
-) -> set[LeadKey]:
-    """Insert an event's transitions as pending and due now; return the leads touched."""
+) -> tuple[set[LeadKey], int]:
+    """Insert an event's transitions as pending and due now; return the leads touched and
+    how many were new (an (event, rule) already queued is never queued again)."""
     tail = (occurred_at, now, now)
-    conn.executemany(
+    inserted = conn.executemany(
         "INSERT INTO transitions (event_pk, rule, account_id, lead_id, status, notes,"
         " occurred_at, created_at, state, next_attempt_at)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?)",
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?)"
+        " ON CONFLICT (event_pk, rule) DO NOTHING",
         [
             (event_pk, text(t.rule), t.account_id, t.lead_id, str(t.status), text(t.notes), *tail)
             for t in transitions
@@ -80,22 +84,40 @@ def queue_transitions(
     conn.executemany(
         "INSERT INTO leads (account_id, lead_id) VALUES (?, ?) ON CONFLICT DO NOTHING", keys
     )
-    return keys
+    return keys, inserted.rowcount
 
 
-def _settle(conn: sqlite3.Connection, rows: list[Any], state: str, now: float) -> None:
+def check_epoch(conn: sqlite3.Connection, epoch: int) -> None:
+    """Raise LeaseLost unless `epoch` is the delivery lease's current, held epoch."""
+    row = conn.execute(
+        "SELECT holder IS NOT NULL AND epoch = ? FROM lease WHERE name = 'delivery'", (epoch,)
+    ).fetchone()
+    if row is None or not row[0]:
+        raise LeaseLost(epoch)
+
+
+def _settle(
+    conn: sqlite3.Connection, rows: Sequence[QueuedTransition], state: str, now: float
+) -> None:
     conn.executemany(
         "UPDATE transitions SET state = ?, settled_at = ?, next_attempt_at = NULL WHERE id = ?",
-        [(state, now, row[0]) for row in rows],
+        [(state, now, t.id) for t in rows],
     )
 
 
-def _pending(conn: sqlite3.Connection, key: LeadKey, limit: int = -1) -> list[Any]:
-    return conn.execute(
+def _pending(
+    conn: sqlite3.Connection, key: LeadKey, limit: int = -1, after: Any = None
+) -> list[QueuedTransition]:
+    rows = conn.execute(
         f"SELECT {QUEUED} {FROM} WHERE t.account_id = ? AND t.lead_id = ?"
-        " AND t.state = 'pending' ORDER BY t.occurred_at, t.id LIMIT ?",
-        (*key, limit),
+        " AND t.state = 'pending' AND (t.occurred_at, t.id) > (?, ?)"
+        " ORDER BY t.occurred_at, t.id LIMIT ?",
+        (*key, *(after or (float("-inf"), 0)), limit),
     ).fetchall()
+    return [queued(row) for row in rows]
+
+
+PAGE: Final = 64  # pending transitions read at a time without coalescing
 
 
 def _claim_lead(
@@ -104,46 +126,37 @@ def _claim_lead(
     last_delivered: float | None,
     now: float,
     coalesce: bool,
+    epoch: int,
     out: Claim,
 ) -> None:
     """Settle one due lead's stale or superseded transitions and claim its head, if any."""
-
-    def is_stale(row: Any) -> bool:
-        return last_delivered is not None and row[8] < last_delivered
-
-    if coalesce:
-        rows = _pending(conn, key)
-        if not rows or rows[-1][12] > now:
+    after = None
+    while True:
+        # With coalescing the plan needs every pending transition; without, one page
+        # usually decides (only a run of stale heads needs the next).
+        page = _pending(conn, key, -1 if coalesce else PAGE, after)
+        plan = plan_lead(page, last_delivered, now, coalesce=coalesce)
+        _settle(conn, plan.stale, "stale", now)
+        _settle(conn, plan.superseded, "superseded", now)
+        out.stale.extend(plan.stale)
+        out.superseded.extend(plan.superseded)
+        if plan.claim is not None:
+            conn.execute(
+                "UPDATE transitions SET state = 'in_flight', claim_epoch = ? WHERE id = ?",
+                (epoch, plan.claim.id),
+            )
+            out.claimed.append(plan.claim)
             return
-        head, older = rows[-1], rows[:-1]
-        if is_stale(head):  # then every older one is stale too
-            _settle(conn, rows, "stale", now)
-            out.stale.extend(map(queued, rows))
+        if coalesce or len(plan.stale) < PAGE:
             return
-        _settle(conn, older, "superseded", now)
-        out.superseded.extend(map(queued, older))
-        conn.execute("UPDATE transitions SET state = 'in_flight' WHERE id = ?", (head[0],))
-        out.claimed.append(queued(head))
-        return
-    while rows := _pending(conn, key, 64):  # usually one row: only stale heads need more
-        stale = []
-        for row in rows:
-            if row[12] > now:
-                break
-            if is_stale(row):
-                stale.append(row)
-                continue
-            conn.execute("UPDATE transitions SET state = 'in_flight' WHERE id = ?", (row[0],))
-            out.claimed.append(queued(row))
-            break
-        _settle(conn, stale, "stale", now)
-        out.stale.extend(map(queued, stale))
-        if len(stale) < len(rows):
-            return
+        after = (page[-1].occurred_at, page[-1].id)
 
 
-def claim_due(conn: sqlite3.Connection, now: float, limit: int, coalesce: bool) -> Claim:
+def claim_due(
+    conn: sqlite3.Connection, now: float, limit: int, coalesce: bool, epoch: int
+) -> Claim:
     """Claim up to `limit` due leads' heads; see Store.claim_due for the rules."""
+    check_epoch(conn, epoch)
     column = "last_due_at" if coalesce else "first_due_at"
     out = Claim(claimed=[], superseded=[], stale=[], next_due_at=None)
     while len(out.claimed) < limit:
@@ -158,7 +171,7 @@ def claim_due(conn: sqlite3.Connection, now: float, limit: int, coalesce: bool) 
             break
         for account_id, lead_id, last_delivered in leads:
             key = (account_id, lead_id)
-            _claim_lead(conn, key, last_delivered, now, coalesce, out)
+            _claim_lead(conn, key, last_delivered, now, coalesce, epoch, out)
             refresh_leads(conn, [key])
     (next_due_at,) = conn.execute(
         "SELECT min(next_attempt_at) FROM transitions"
@@ -168,23 +181,27 @@ def claim_due(conn: sqlite3.Connection, now: float, limit: int, coalesce: bool) 
     return Claim(out.claimed, out.superseded, out.stale, next_due_at)
 
 
-def recover_claims(conn: sqlite3.Connection) -> int:
-    """Put every in_flight transition back to pending."""
+def recover_claims(conn: sqlite3.Connection, epoch: int) -> int:
+    """Put every in_flight transition claimed in an earlier term back to pending."""
+    check_epoch(conn, epoch)
+    earlier = "state = 'in_flight' AND coalesce(claim_epoch, -1) <> ?"
     keys = conn.execute(
-        "SELECT DISTINCT account_id, lead_id FROM transitions WHERE state = 'in_flight'"
+        f"SELECT DISTINCT account_id, lead_id FROM transitions WHERE {earlier}",  # noqa: S608
+        (epoch,),
     ).fetchall()
     count = conn.execute(
-        "UPDATE transitions SET state = 'pending' WHERE state = 'in_flight'"
+        f"UPDATE transitions SET state = 'pending', claim_epoch = NULL WHERE {earlier}",  # noqa: S608
+        (epoch,),
     ).rowcount
     refresh_leads(conn, keys)
     return count
 
 
-def _in_flight(conn: sqlite3.Connection, transition_id: int) -> Any:
+def _in_flight(conn: sqlite3.Connection, transition_id: int, epoch: int) -> Any:
     return conn.execute(
         "SELECT account_id, lead_id, occurred_at FROM transitions"
-        " WHERE id = ? AND state = 'in_flight'",
-        (transition_id,),
+        " WHERE id = ? AND state = 'in_flight' AND claim_epoch = ?",
+        (transition_id, epoch),
     ).fetchone()
 
 
@@ -200,16 +217,18 @@ def settle_claim(
     assignments: str,
     params: dict[str, Any],
     *,
+    epoch: int,
     delivered: bool = False,
 ) -> None:
-    """Apply `assignments` to an in_flight transition and refresh its lead.
+    """Apply `assignments` to a transition in flight under `epoch` and refresh its lead.
 
-    A transition no longer in flight (its claim was recovered meanwhile) is left alone:
-    a claim's outcome only applies to the claim.
+    Raises LeaseLost when the epoch is no longer current or the claim is no longer this
+    term's (a newer holder recovered it): a claim's outcome only applies to the claim.
     """
-    row = _in_flight(conn, transition_id)
+    check_epoch(conn, epoch)
+    row = _in_flight(conn, transition_id, epoch)
     if row is None:
-        return
+        raise LeaseLost(epoch)
     sql = f"UPDATE transitions SET {assignments} WHERE id = :id"  # noqa: S608 (a constant below)
     conn.execute(sql, {**params, "id": transition_id})
     if delivered:  # the lead's newest delivered time only moves forward
@@ -222,18 +241,18 @@ def settle_claim(
 
 
 DELIVERED = (
-    "state = 'delivered', settled_at = :now, next_attempt_at = NULL,"
+    "state = 'delivered', settled_at = :now, next_attempt_at = NULL, claim_epoch = NULL,"
     f" attempts = attempts + 1, {_ATTEMPT}"
 )
 DEAD = (
-    "state = 'dead', settled_at = :now, next_attempt_at = NULL,"
+    "state = 'dead', settled_at = :now, next_attempt_at = NULL, claim_epoch = NULL,"
     f" attempts = attempts + 1, {_ATTEMPT}"
 )
 RETRY = (
-    "state = 'pending', next_attempt_at = :next, attempts = attempts + :counts,"
+    "state = 'pending', next_attempt_at = :next, claim_epoch = NULL, attempts = attempts + :counts,"
     f" not_found_attempts = not_found_attempts + :not_found, {_ATTEMPT}"
 )
-RELEASE = "state = 'pending', next_attempt_at = :next"
+RELEASE = "state = 'pending', next_attempt_at = :next, claim_epoch = NULL"
 
 
 def retry_dead(conn: sqlite3.Connection, ids: Sequence[int] | None, now: float) -> int:

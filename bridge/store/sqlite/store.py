@@ -26,15 +26,14 @@ import os
 import shutil
 import sqlite3
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 from urllib.parse import parse_qsl, unquote
 
 from bridge.errors import ConfigError, StorageError
 from bridge.models import Evaluation, Event, Outcome
-from bridge.store import sqlite_queue as q
 from bridge.store.base import (
     Claim,
     IngestResult,
@@ -42,15 +41,18 @@ from bridge.store.base import (
     Stats,
     StoredEvent,
 )
-from bridge.store.schema import migrate
-from bridge.store.sqlite_reads import (
+from bridge.store.sqlite import queue as q
+from bridge.store.sqlite.reads import (
     dead_letters,
     events_by_ids,
     events_matching,
     ledger,
     stats,
 )
-from bridge.store.sqlite_threads import Checkpointer, Reader, Writer, storage_error
+from bridge.store.sqlite.schema import migrate
+from bridge.store.sqlite.threads import Checkpointer, Reader, Writer, storage_error
+
+T = TypeVar("T")
 
 BACKSTOP_PAGES: Final = 10_000  # the writer checkpoints itself only if the checkpointer lags
 WAL_SIZE_LIMIT: Final = 64 * 1024 * 1024  # truncate the WAL file back to this after a reset
@@ -118,6 +120,11 @@ class SqliteStore:
                 f"a sqlite URL has no host and needs a path; {URL_HELP}", key="storage.url"
             )
         return cls(unquote(rest[1:]), **options)
+
+    @property
+    def configured_path(self) -> Path | None:
+        """The database file as configured; None for a throwaway store."""
+        return self._path
 
     @property
     def path(self) -> Path | None:
@@ -229,6 +236,10 @@ class SqliteStore:
             raise StorageError("sqlite store is not open")
         return self._reader
 
+    async def write(self, op: str, work: Callable[[sqlite3.Connection], T]) -> T:
+        """Run `work(connection)` in the writer's next transaction (this package's lease)."""
+        return await self._w().submit(op, work)
+
     async def ping(self) -> None:
         """A real write through the writer: fails when the file is read-only or locked."""
         await self._w().submit("ping", _ping)
@@ -244,31 +255,41 @@ class SqliteStore:
         return await self._w().submit("ingest", partial(_ingest, prepared=prepared, now=now))
 
     async def apply_replay(self, pk: int, evaluation: Evaluation, now: float) -> int:
-        """Store a new outcome for event `pk` and queue its transitions (0 if no such event)."""
+        """Store a new outcome for event `pk` and queue its transitions; 0 if there is no
+        such event or it is matched already."""
         return await self._w().submit(
             "apply_replay", partial(_apply_replay, pk=pk, evaluation=evaluation, now=now)
         )
 
     # --- delivery -------------------------------------------------------------------
 
-    async def recover_claims(self) -> int:
-        return await self._w().submit("recover_claims", q.recover_claims)
+    async def recover_claims(self, *, epoch: int) -> int:
+        return await self._w().submit("recover_claims", partial(q.recover_claims, epoch=epoch))
 
-    async def claim_due(self, now: float, limit: int, *, coalesce: bool) -> Claim:
-        work = partial(q.claim_due, now=now, limit=limit, coalesce=coalesce)
+    async def claim_due(self, now: float, limit: int, *, coalesce: bool, epoch: int) -> Claim:
+        work = partial(q.claim_due, now=now, limit=limit, coalesce=coalesce, epoch=epoch)
         return await self._w().submit("claim_due", work)
 
-    async def mark_delivered(self, transition_id: int, now: float, http_status: int) -> None:
-        """Also records the attempt that got the 2xx (attempts + 1)."""
-        params = {"now": now, "http_status": http_status, "reason": None}
+    async def _settle(
+        self, op: str, transition_id: int, assignments: str, params: dict[str, Any], **kw: Any
+    ) -> None:
         work = partial(
             q.settle_claim,
             transition_id=transition_id,
-            assignments=q.DELIVERED,
+            assignments=assignments,
             params=params,
-            delivered=True,
+            **kw,
         )
-        await self._w().submit("mark_delivered", work)
+        await self._w().submit(op, work)
+
+    async def mark_delivered(
+        self, transition_id: int, now: float, http_status: int, *, epoch: int
+    ) -> None:
+        """Also records the attempt that got the 2xx (attempts + 1)."""
+        params = {"now": now, "http_status": http_status, "reason": None}
+        await self._settle(
+            "mark_delivered", transition_id, q.DELIVERED, params, epoch=epoch, delivered=True
+        )
 
     async def schedule_retry(
         self,
@@ -280,6 +301,7 @@ class SqliteStore:
         not_found: bool = False,
         http_status: int | None = None,
         reason: str | None = None,
+        epoch: int,
     ) -> None:
         params = {
             "now": now,
@@ -289,27 +311,24 @@ class SqliteStore:
             "http_status": http_status,
             "reason": q.text(reason),
         }
-        work = partial(
-            q.settle_claim, transition_id=transition_id, assignments=q.RETRY, params=params
-        )
-        await self._w().submit("schedule_retry", work)
+        await self._settle("schedule_retry", transition_id, q.RETRY, params, epoch=epoch)
 
-    async def release(self, transition_id: int, next_attempt_at: float) -> None:
+    async def release(self, transition_id: int, next_attempt_at: float, *, epoch: int) -> None:
         params = {"next": next_attempt_at}
-        work = partial(
-            q.settle_claim, transition_id=transition_id, assignments=q.RELEASE, params=params
-        )
-        await self._w().submit("release", work)
+        await self._settle("release", transition_id, q.RELEASE, params, epoch=epoch)
 
     async def mark_dead(
-        self, transition_id: int, now: float, *, reason: str, http_status: int | None
+        self,
+        transition_id: int,
+        now: float,
+        *,
+        reason: str,
+        http_status: int | None,
+        epoch: int,
     ) -> None:
         """Also records the attempt that ended it (attempts + 1)."""
         params = {"now": now, "http_status": http_status, "reason": q.text(reason)}
-        work = partial(
-            q.settle_claim, transition_id=transition_id, assignments=q.DEAD, params=params
-        )
-        await self._w().submit("mark_dead", work)
+        await self._settle("mark_dead", transition_id, q.DEAD, params, epoch=epoch)
 
     # --- operating ------------------------------------------------------------------
 
@@ -392,22 +411,31 @@ def _ingest(conn: sqlite3.Connection, prepared: list[_Prepared], now: float) -> 
             continue
         stored += 1
         assert cursor.lastrowid is not None
-        touched |= q.queue_transitions(conn, cursor.lastrowid, occurred_at, queued, now)
+        touched |= q.queue_transitions(conn, cursor.lastrowid, occurred_at, queued, now)[0]
         transitions += len(queued)
     q.refresh_leads(conn, touched)
     return IngestResult(stored=stored, duplicates=duplicates, transitions=transitions)
 
 
 def _apply_replay(conn: sqlite3.Connection, pk: int, evaluation: Evaluation, now: float) -> int:
-    row = conn.execute("SELECT occurred_at FROM events WHERE pk = ?", (pk,)).fetchone()
-    if row is None:
+    # The check that the event is still unmatched is part of this write transaction:
+    # a concurrent replay (another process) that matched it first wins.
+    row = conn.execute(
+        "UPDATE events SET outcome = ?, rule = ?, reason = ? WHERE pk = ? AND outcome <> ?"
+        " RETURNING occurred_at",
+        (
+            str(evaluation.outcome),
+            q.text(evaluation.rule),
+            q.text(evaluation.reason),
+            pk,
+            str(Outcome.MATCHED),
+        ),
+    ).fetchall()  # all rows: a RETURNING statement completes only once fully stepped
+    if not row:
         return 0
-    conn.execute(
-        "UPDATE events SET outcome = ?, rule = ?, reason = ? WHERE pk = ?",
-        (str(evaluation.outcome), q.text(evaluation.rule), q.text(evaluation.reason), pk),
-    )
-    q.refresh_leads(conn, q.queue_transitions(conn, pk, row[0], evaluation.transitions, now))
-    return len(evaluation.transitions)
+    touched, queued = q.queue_transitions(conn, pk, row[0][0], evaluation.transitions, now)
+    q.refresh_leads(conn, touched)
+    return queued
 
 
 def _ping(conn: sqlite3.Connection) -> None:

@@ -13,7 +13,7 @@ from typing import Any
 from bridge.models import Outcome
 from bridge.store.base import LedgerEntry, Stats, StoredEvent, TransitionState
 from bridge.store.rows import ledger_entry, stored_event
-from bridge.store.sqlite_queue import FROM, IN_IDS, LeadKey
+from bridge.store.sqlite.queue import FROM, IN_IDS, LeadKey
 
 LEDGER = (
     "t.id, e.source, e.event_id, t.rule, t.account_id, t.lead_id, t.status, t.notes, t.state,"
