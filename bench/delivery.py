@@ -31,9 +31,11 @@ from bridge import logs
 from bridge.bundle import load_bundle
 from bridge.delivery import Deliverer
 from bridge.fakevoxys import FakeVoxys, max_in_window
-from bridge.ingest import Runtime
+from bridge.lease import take_free
 from bridge.models import Evaluation, Event, LeadStatus, Outcome, Transition
+from bridge.runtime import Runtime
 from bridge.store.sqlite import SqliteStore
+from bridge.store.sqlite.lease import SqliteLease
 from bridge.voxys import VoxysClient
 
 TOKEN = "bench-token"  # noqa: S105 - a throwaway token for a local fake
@@ -81,7 +83,8 @@ async def setup(
     runtime = Runtime(bundle=bundle, store=store)
     client = VoxysClient(bundle.config.voxys, rate_limited=limited)
     await client.start()
-    return fake, store, client, Deliverer(runtime, client)
+    term = await take_free(SqliteLease(store))
+    return fake, store, client, Deliverer(runtime, client, term)
 
 
 def fake_process(conn: Connection) -> None:

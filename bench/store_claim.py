@@ -16,8 +16,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from bridge.lease import take_free
 from bridge.models import Evaluation, Event, LeadStatus, Outcome, Transition
 from bridge.store.sqlite import SqliteStore
+from bridge.store.sqlite.lease import SqliteLease
 
 BATCH = 2000
 
@@ -41,17 +43,18 @@ async def fill(store: SqliteStore, pending: int, leads: int, hot: int) -> float:
 async def run(path: Path, args: argparse.Namespace, coalesce: bool) -> None:
     store = SqliteStore(path, synchronous="NORMAL")
     await store.open()
+    epoch = (await take_free(SqliteLease(store))).epoch
     try:
         filled = await fill(store, args.pending, args.leads, args.hot)
         timings: list[float] = []
         settled = 0
         for _ in range(args.rounds):
             started = time.perf_counter()
-            claim = await store.claim_due(now=2.0, limit=args.limit, coalesce=coalesce)
+            claim = await store.claim_due(now=2.0, limit=args.limit, coalesce=coalesce, epoch=epoch)
             timings.append(time.perf_counter() - started)
             settled += len(claim.superseded) + len(claim.stale)
             for t in claim.claimed:
-                await store.mark_delivered(t.id, now=2.0, http_status=200)
+                await store.mark_delivered(t.id, now=2.0, http_status=200, epoch=epoch)
         started = time.perf_counter()
         stats = await store.stats(now=3.0)
         stats_ms = (time.perf_counter() - started) * 1000

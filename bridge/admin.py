@@ -20,8 +20,8 @@ from aiohttp.typedefs import Handler
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, model_validator
 
 from bridge.errors import BadRequest, RequestRejected, StorageError
-from bridge.ingest import RUNTIME, Runtime
 from bridge.models import Evaluation, Event, Outcome
+from bridge.runtime import RUNTIME, Runtime
 from bridge.store.base import LedgerEntry, Store
 
 log = structlog.get_logger("bridge.admin")

@@ -10,8 +10,9 @@ from aiohttp import web
 
 from bridge.admin import mount as mount_admin
 from bridge.errors import StorageError
-from bridge.ingest import RUNTIME, Runtime, handle_webhook
+from bridge.ingest import handle_webhook
 from bridge.metrics import METRICS, handle_metrics
+from bridge.runtime import RUNTIME, Runtime
 
 log = structlog.get_logger("bridge.app")
 
@@ -35,13 +36,24 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """Ready: config loaded and the store writable."""
+    """Ready: config loaded, the store writable, and no background task down."""
     runtime = request.app[RUNTIME]
+    broken = runtime.supervisor.broken()
+    if broken:
+        return web.json_response(
+            {"ok": False, "error": "background task down", "tasks": broken}, status=503
+        )
     try:
         await runtime.store.ping()
     except StorageError as exc:
         return web.json_response({"ok": False, "error": str(exc)}, status=503)
-    return web.json_response({"ok": True, "sources": sorted(runtime.bundle.sources)})
+    return web.json_response(
+        {
+            "ok": True,
+            "sources": sorted(runtime.bundle.sources),
+            "delivery_role": runtime.delivery_role(),
+        }
+    )
 
 
 def create_app(runtime: Runtime, *, hooks: Sequence[Hook] = ()) -> web.Application:
@@ -59,8 +71,15 @@ def create_app(runtime: Runtime, *, hooks: Sequence[Hook] = ()) -> web.Applicati
         finally:
             await runtime.store.close()
 
+    async def supervisor_ctx(app: web.Application) -> AsyncIterator[None]:
+        # Last in, first out: every supervised task has stopped before the hooks that
+        # started them close what the tasks use.
+        yield
+        await runtime.supervisor.stop()
+
     app.cleanup_ctx.append(store_ctx)
     app.cleanup_ctx.extend(hooks)
+    app.cleanup_ctx.append(supervisor_ctx)
     app.router.add_post("/webhooks/{source}", handle_webhook)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)

@@ -79,6 +79,9 @@ class ServerConfig(Model):
 class StorageConfig(Model):
     url: str = "sqlite:///./data/bridge.db"
     retention: Duration = 30 * 86400.0
+    # The delivery lease's time to live: the longest delivery pause after the holder dies
+    # (docs/scaling.md). At least a second: the holder renews every third of it.
+    lease_ttl: Annotated[float, BeforeValidator(parse_duration), Field(ge=1.0, le=300.0)] = 6.0
 
 
 class RateLimit(Model):

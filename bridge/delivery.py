@@ -1,10 +1,21 @@
-"""The delivery worker: claim per lead, send, and decide retry, pause or dead letter.
+"""The delivery worker: claim per lead, send, and carry out retry, pause or dead letter.
 
 `bridge.retry.decide` is the pure core: one attempt's verdict plus the transition's
-history give what happens next. `Deliverer` is the I/O around it: it claims due transitions from
-the store (at most one per lead, coalesced and ordered by the store), keeps at most
-`voxys.max_in_flight` requests in flight, wakes at once when ingest stores new work
-and otherwise sleeps exactly until the next retry is due.
+history give what happens next. `Deliverer` is the I/O around it for one term of the
+delivery lease: it claims due transitions from the store (at most one per lead,
+coalesced and ordered by the store), keeps at most `voxys.max_in_flight` requests in
+flight, wakes at once when ingest stores new work and otherwise sleeps exactly until
+the next retry is due. `Leader` takes the lease, renews it, and runs one `Deliverer`
+per term.
+
+Fencing. Every claim and settle carries the term's epoch, which the store refuses once
+another process holds the lease; and every request asks the term, immediately before
+its bytes are written, whether the lease is still valid by this process's clock. A
+holder that cannot renew therefore stops sending before anyone else may start.
+
+Settles are not lost. Recording an answer is retried with backoff until the store
+takes it, or until the store says the term is over (then the new holder recovers the
+claim and sends it again: a repeat is allowed, a claim stuck in flight is not).
 
 Auth pause. A 401/403 means the token is refused: nothing is burnt or dead-lettered.
 The transition goes back to the queue, delivery stops for the token, and one probe
@@ -17,36 +28,37 @@ import asyncio
 import contextlib
 import random
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Final
 
 import structlog
 from aiohttp import web
 
 from bridge.config import RetryConfig
-from bridge.errors import StorageError
-from bridge.ingest import RUNTIME, Runtime
-from bridge.lease import Lease, lease_for
+from bridge.errors import LeaseLost, StorageError
+from bridge.lease import Term, Timing, holder_name
 from bridge.retry import Action, AuthPause, Decision, decide
-from bridge.store.base import QueuedTransition
+from bridge.runtime import RUNTIME, Runtime
+from bridge.store.base import Backend, Lease, Listening, QueuedTransition, Wakeup
 from bridge.voxys import Reply, Verdict, VoxysClient, classify
-from bridge.wakeup import Wakeup, wakeup_for
 
 log = structlog.get_logger("bridge.delivery")
 
 STORE_RETRY_S: Final = 1.0  # wait after the store failed, before claiming again
 IDLE_POLL_S: Final = 30.0  # safety net: look for due work at least this often
-LEASE_RETRY_S: Final = 5.0  # a standby tries to take the delivery lease this often
-LEASE_CHECK_S: Final = 5.0  # the holder checks it still holds the lease this often
+DEGRADED_POLL_S: Final = 1.0  # ... and this often while the wake-up channel is down
+RELISTEN_S: Final = 5.0  # how often a broken wake-up channel is set up again
+SETTLE_BACKOFF_S: Final = (0.05, 5.0)  # first and largest wait between settle attempts
 
 
 class Deliverer:
-    """Feeds due transitions to Voxys until stopped."""
+    """Feeds due transitions to Voxys for one term of the delivery lease, until stopped."""
 
     def __init__(
         self,
         runtime: Runtime,
         client: VoxysClient,
+        term: Term,
         *,
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
@@ -54,9 +66,12 @@ class Deliverer:
     ) -> None:
         self.runtime = runtime
         self.client = client
+        self.term = term
         self.clock = clock
         self.rng = rng or random.Random()
         self.auth = auth or AuthPause()
+        self.degraded = False  # the wake-up channel is down: poll often
+        self.fenced = asyncio.Event()  # the store refused this term's epoch
         self._wake = asyncio.Event()
         self._stopping = False
         self._tasks: set[asyncio.Task[None]] = set()
@@ -68,53 +83,65 @@ class Deliverer:
     def config(self) -> RetryConfig:
         return self.runtime.bundle.config.voxys.retry
 
+    @property
+    def in_flight(self) -> int:
+        return len(self._tasks)
+
     def paused_tokens(self) -> int:
         return 1 if self.auth.paused else 0
 
     async def run(self) -> None:
-        """Recover a dead worker's claims, then claim and send until `stop`."""
-        store = self.runtime.store
-        while not self._stopping:
+        """Recover earlier terms' claims, then claim and send until stopped or fenced."""
+        while not (self._stopping or self.fenced.is_set()):
             try:
-                recovered = await store.recover_claims()
+                recovered = await self.runtime.store.recover_claims(epoch=self.term.epoch)
                 break
             except StorageError as exc:
                 log.error("delivery.store_failed", error=str(exc))
                 await self._sleep(STORE_RETRY_S)
+            except LeaseLost:
+                self.fenced.set()
         else:
             return
         if recovered:
-            log.info("delivery.recovered", transitions=recovered)
+            log.info("delivery.recovered", transitions=recovered, epoch=self.term.epoch)
         self.runtime.metrics.deliverer.set(1)
-        while not self._stopping:
+        while not (self._stopping or self.fenced.is_set()):
             await self._step()
 
     async def _step(self) -> None:
         voxys = self.runtime.bundle.config.voxys
+        if not self.term.valid():
+            # Renewals are failing: nothing may be claimed or sent until one succeeds.
+            await self._sleep(max(0.05, min(1.0, self.term.timing.renew_every / 4)))
+            return
         now = self.clock()
         room = voxys.max_in_flight - len(self._tasks)
         allowed = self.auth.may_send(now)
         if allowed == 0:
             probe_in = self.auth.next_probe_at - now
-            await self._sleep(IDLE_POLL_S if self.auth.probing else max(0.01, probe_in))
+            await self._sleep(self._poll() if self.auth.probing else max(0.01, probe_in))
             return
         if allowed == 1:
             room = min(room, 1) if not self._tasks else 0
         if room <= 0 or (self._tasks and room < voxys.max_in_flight // 2):
             # Claim in batches: one claim (a store write) per free slot would cost a
             # commit per transition. A finishing task wakes us.
-            await self._sleep(IDLE_POLL_S)
+            await self._sleep(self._poll())
             return
         # Claim no more than one rate-limit window's worth: what is claimed waits in flight
         # for the pacer, and a transition waiting there cannot be coalesced any more.
         rate = voxys.rate_limit.requests if self.client.pacer.configured else room
         try:
             claim = await self.runtime.store.claim_due(
-                now, min(room, max(1, rate)), coalesce=voxys.coalesce
+                now, min(room, max(1, rate)), coalesce=voxys.coalesce, epoch=self.term.epoch
             )
         except StorageError as exc:
             log.error("delivery.store_failed", error=str(exc))
             await self._sleep(STORE_RETRY_S)
+            return
+        except LeaseLost:
+            self.fenced.set()
             return
         for t in claim.superseded:
             self.runtime.metrics.settled("superseded")
@@ -122,17 +149,21 @@ class Deliverer:
         for t in claim.stale:
             self.runtime.metrics.settled("stale")
             log.info("transition.stale", **_fields(t))
-        if allowed == 1 and claim.claimed:
+        probe = allowed == 1 and bool(claim.claimed)
+        if probe:
             self.auth.probing = True
         for t in claim.claimed:
-            task = asyncio.create_task(self._send(t))
+            task = asyncio.create_task(self._send(t, probe=probe))
             self._tasks.add(task)
             task.add_done_callback(self._done)
         if not claim.claimed:
-            until = IDLE_POLL_S
+            until = self._poll()
             if claim.next_due_at is not None:
                 until = min(until, max(0.0, claim.next_due_at - self.clock()))
             await self._sleep(until)
+
+    def _poll(self) -> float:
+        return DEGRADED_POLL_S if self.degraded else IDLE_POLL_S
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
@@ -149,23 +180,65 @@ class Deliverer:
             await asyncio.wait_for(self._wake.wait(), timeout=seconds)
         self._wake.clear()
 
-    async def _send(self, t: QueuedTransition) -> None:
+    async def _send(self, t: QueuedTransition, *, probe: bool = False) -> None:
+        try:
+            await self._attempt(t)
+        finally:
+            if probe:  # whatever became of the probe, the next one may be scheduled
+                self.auth.probing = False
+            self.runtime.metrics.paused_tokens.set(self.paused_tokens())
+
+    async def _attempt(self, t: QueuedTransition) -> None:
         metrics = self.runtime.metrics
         pacer = self.client.pacer
         waited = pacer.waited_s
-        reply = await self.client.set_status(t.account_id, t.lead_id, t.status, t.notes)
+        fields = _fields(t)
+        reply = await self.client.set_status(
+            t.account_id, t.lead_id, t.status, t.notes, fence=self.term.valid
+        )
+        if not reply.sent:
+            log.warning("transition.held", reason=reply.error, **fields)
+            await self._settle(
+                "release",
+                lambda: self.runtime.store.release(t.id, self.clock(), epoch=self.term.epoch),
+                fields,
+            )
+            return
         now = self.clock()
         metrics.limiter_wait.inc(max(0.0, pacer.waited_s - waited))
         metrics.attempt(reply.status, reply.latency_s)
         decision = decide(t, reply, now=now, retry=self.config, rng=self.rng)
-        attempt = t.attempts + 1
-        fields = _fields(t)
-        try:
-            await self._apply(t, reply, decision, now, attempt, fields)
-        except StorageError as exc:
-            # The claim stays in_flight; recover_claims puts it back at the next start.
-            log.error("delivery.store_failed", error=str(exc), **fields)
-        metrics.paused_tokens.set(self.paused_tokens())
+        await self._apply(t, reply, decision, now, t.attempts + 1, fields)
+
+    async def _settle(
+        self, op: str, write: Callable[[], Awaitable[None]], fields: dict[str, object]
+    ) -> bool:
+        """Record an answer, retrying with backoff until the store takes it.
+
+        False when the store refused this term (LeaseLost): the claim is the new
+        holder's to recover, so this one gives up on it and the term ends.
+        """
+        delay, ceiling = SETTLE_BACKOFF_S
+        failures = 0
+        while True:
+            try:
+                await write()
+            except StorageError as exc:
+                failures += 1
+                log.warning(
+                    "delivery.settle_failed", op=op, error=str(exc), failures=failures, **fields
+                )
+                await asyncio.sleep(self.rng.uniform(delay / 2, delay))
+                delay = min(ceiling, delay * 2)
+                continue
+            except LeaseLost:
+                log.warning("delivery.settle_fenced", op=op, epoch=self.term.epoch, **fields)
+                self.fenced.set()
+                self._wake.set()
+                return False
+            if failures:
+                log.info("delivery.settle_recovered", op=op, failures=failures, **fields)
+            return True
 
     async def _apply(
         self,
@@ -176,9 +249,15 @@ class Deliverer:
         attempt: int,
         fields: dict[str, object],
     ) -> None:
-        store, metrics = self.runtime.store, self.runtime.metrics
+        store, metrics, epoch = self.runtime.store, self.runtime.metrics, self.term.epoch
         if decision.action is Action.DELIVERED:
-            await store.mark_delivered(t.id, now, reply.status or 200)
+            status = reply.status or 200
+            if not await self._settle(
+                "mark_delivered",
+                lambda: store.mark_delivered(t.id, now, status, epoch=epoch),
+                fields,
+            ):
+                return
             metrics.settled("delivered")
             self.client.pacer.succeeded()
             if self.auth.recover():
@@ -191,7 +270,6 @@ class Deliverer:
             )
         elif decision.action is Action.PAUSE:
             started = self.auth.refuse(now)
-            await store.release(t.id, now)
             if started:
                 log.error(
                     "voxys.auth_failed",
@@ -199,8 +277,17 @@ class Deliverer:
                     probe_in_s=self.auth.interval,
                     reason=decision.reason,
                 )
+            await self._settle("release", lambda: store.release(t.id, now, epoch=epoch), fields)
         elif decision.action is Action.DEAD:
-            await store.mark_dead(t.id, now, reason=decision.reason or "", http_status=reply.status)
+            reason = decision.reason or ""
+            if not await self._settle(
+                "mark_dead",
+                lambda: store.mark_dead(
+                    t.id, now, reason=reason, http_status=reply.status, epoch=epoch
+                ),
+                fields,
+            ):
+                return
             metrics.settled("dead")
             log.warning(
                 "transition.dead",
@@ -211,37 +298,42 @@ class Deliverer:
             )
         else:
             assert decision.next_attempt_at is not None
+            next_at = decision.next_attempt_at
             if classify(reply) is Verdict.THROTTLED:
                 self.client.pacer.throttled()
                 if reply.retry_after is not None:
                     self.client.pacer.pause_until(time.monotonic() + reply.retry_after)
             elif reply.retry_after is not None and reply.status == 503:
                 self.client.pacer.pause_until(time.monotonic() + reply.retry_after)
-            await store.schedule_retry(
-                t.id,
-                now,
-                decision.next_attempt_at,
-                counts=decision.counts,
-                not_found=decision.not_found,
-                http_status=reply.status,
-                reason=decision.reason,
-            )
+            if not await self._settle(
+                "schedule_retry",
+                lambda: store.schedule_retry(
+                    t.id,
+                    now,
+                    next_at,
+                    counts=decision.counts,
+                    not_found=decision.not_found,
+                    http_status=reply.status,
+                    reason=decision.reason,
+                    epoch=epoch,
+                ),
+                fields,
+            ):
+                return
             log.info(
                 "transition.retrying",
                 attempt=attempt,
                 http_status=reply.status,
                 error=reply.error,
-                retry_in_s=round(decision.next_attempt_at - now, 3),
+                retry_in_s=round(next_at - now, 3),
                 **fields,
             )
-        if self.auth.paused and decision.action is not Action.PAUSE:
-            self.auth.probing = False
 
     async def stop(self, grace: float) -> None:
         """Stop claiming and let requests in flight finish within `grace` seconds.
 
         Requests still running then are cancelled; their transitions stay claimed and
-        `recover_claims` puts them back at the next start (at-least-once).
+        the next term's `recover_claims` puts them back (at-least-once).
         """
         self._stopping = True
         self._wake.set()
@@ -268,16 +360,32 @@ def _fields(t: QueuedTransition) -> dict[str, object]:
 class Leader:
     """Delivers while this process holds the delivery lease; otherwise waits to take it over.
 
-    Each term of office runs a fresh `Deliverer`, which first recovers the claims of
-    whoever delivered before (at-least-once after a takeover).
+    Each term runs a fresh `Deliverer`, which first recovers the claims of whoever
+    delivered before (at-least-once after a takeover), and a renewal loop that ends the
+    term when the store says the lease is someone else's. `run` is a supervised task:
+    whatever ends a term, the deliverer is stopped before the lease is released.
     """
 
-    def __init__(self, runtime: Runtime, client: VoxysClient, lease: Lease, wakeup: Wakeup) -> None:
+    def __init__(
+        self,
+        runtime: Runtime,
+        client: VoxysClient,
+        lease: Lease,
+        wakeup: Wakeup,
+        *,
+        timing: Timing,
+        holder: str | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.runtime = runtime
         self.client = client
         self.lease = lease
         self.wakeup = wakeup  # listened to while delivering
+        self.timing = timing
+        self.holder = holder or holder_name()
+        self.clock = clock
         self.deliverer: Deliverer | None = None
+        self.epoch: int | None = None  # of the current term, for /admin/stats
         runtime.on_stored.append(self.wake)
         runtime.paused_tokens = self.paused_tokens
         runtime.delivery_role = lambda: self.role
@@ -294,68 +402,152 @@ class Leader:
         return "deliverer" if self.deliverer is not None else "standby"
 
     async def run(self) -> None:
+        """Take the lease whenever it is free, and deliver for each term."""
+        unavailable = False
         while True:
+            sent_at = self.clock()
             try:
-                acquired = await self.lease.try_acquire()
+                grant = await self.lease.acquire(self.holder, self.timing.ttl)
             except StorageError as exc:
-                log.warning("delivery.lease_unavailable", error=str(exc))
-                acquired = False
-            if not acquired:
-                await asyncio.sleep(LEASE_RETRY_S)
+                if not unavailable:
+                    log.warning("delivery.lease_unavailable", error=str(exc))
+                unavailable = True
+                await asyncio.sleep(self.timing.renew_every)
                 continue
-            log.info("delivery.lease_acquired")
-            await self._term()
+            unavailable = False
+            if grant.epoch is None:
+                await asyncio.sleep(self.timing.standby_wait(grant.expires_in))
+                continue
+            term = Term.granted(self.holder, grant.epoch, self.timing, sent_at, self.clock)
+            await self._serve(term)
 
-    async def _term(self) -> None:
+    async def _serve(self, term: Term) -> None:
+        log.info("delivery.lease_acquired", epoch=term.epoch, holder=term.holder)
         self.client.pacer.quiet_window()  # the previous holder's sends may fill it
-        deliverer = self.deliverer = Deliverer(self.runtime, self.client)
-        task = asyncio.create_task(deliverer.run())
+        deliverer = self.deliverer = Deliverer(self.runtime, self.client, term)
+        self.epoch = term.epoch
+        parts = {
+            asyncio.create_task(deliverer.run(), name="deliver"),
+            asyncio.create_task(self._renew(term, deliverer), name="renew"),
+            asyncio.create_task(self._listen(deliverer), name="listen"),
+        }
         try:
-            try:
-                await self.wakeup.listen(deliverer.wake)
-            except (OSError, StorageError) as exc:  # the safety-net poll still finds work
-                log.warning("delivery.wakeup_unavailable", error=type(exc).__name__)
-            while not task.done():
-                await asyncio.wait({task}, timeout=LEASE_CHECK_S)
-                if not task.done() and not await self.lease.still_held():
-                    log.warning("delivery.lease_lost")
-                    break
+            done, _ = await asyncio.wait(parts, return_when=asyncio.FIRST_COMPLETED)
+            for part in done:
+                part.result()  # an unexpected error ends the term and reaches the supervisor
+            if deliverer.fenced.is_set():
+                log.warning("delivery.lease_lost", epoch=term.epoch, reason="refused by the store")
         finally:
-            await self.wakeup.close()
+            for part in parts:
+                if part.get_name() != "deliver":
+                    part.cancel()
             await deliverer.stop(self.runtime.bundle.config.voxys.timeout)
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            for part in parts:
+                part.cancel()
+            await asyncio.gather(*parts, return_exceptions=True)
             self.deliverer = None
+            self.epoch = None
+            await self._release(term)
 
-    async def close(self) -> None:
-        await self.lease.release()
+    async def _release(self, term: Term) -> None:
+        try:
+            await self.lease.release(term.holder, term.epoch)
+        except StorageError as exc:  # it expires by itself within the TTL
+            log.warning("delivery.lease_release_failed", epoch=term.epoch, error=str(exc))
+        else:
+            log.info("delivery.lease_released", epoch=term.epoch)
+
+    async def _renew(self, term: Term, deliverer: Deliverer) -> None:
+        """Renew every ttl/3 until the store says the lease is someone else's."""
+        failing = False
+        while not deliverer.fenced.is_set():
+            await asyncio.sleep(self.timing.renew_every / (4 if failing else 1))
+            sent_at = self.clock()
+            try:
+                ours = await self.lease.renew(term.holder, term.epoch, self.timing.ttl)
+            except StorageError as exc:
+                log.warning(
+                    "delivery.lease_renew_failed",
+                    epoch=term.epoch,
+                    error=str(exc),
+                    valid_for_s=round(term.remaining(), 3),
+                )
+                failing = True
+                continue
+            if not ours:
+                log.warning("delivery.lease_lost", epoch=term.epoch)
+                return
+            if failing:
+                log.info("delivery.lease_renewed", epoch=term.epoch)
+            failing = False
+            term.renewed(sent_at)
+            deliverer.wake()  # it may have been holding back while the term was not valid
+
+    async def _listen(self, deliverer: Deliverer) -> None:
+        """Keep the wake-up channel up; while it is down, the deliverer polls every second."""
+        while True:
+            outage = _Outage()
+            listening: Listening | None = None
+            try:
+                listening = await self.wakeup.listen(deliverer.wake, outage.report)
+            except (OSError, StorageError) as exc:
+                outage.report(str(exc) or type(exc).__name__)
+            if listening is not None:
+                if deliverer.degraded:
+                    log.info("delivery.wakeup_restored")
+                deliverer.degraded = False
+                try:
+                    await outage.happened.wait()
+                finally:
+                    await listening.close()
+            if not deliverer.degraded:
+                log.warning(
+                    "delivery.wakeup_unavailable", error=outage.reason, poll_s=DEGRADED_POLL_S
+                )
+            deliverer.degraded = True
+            deliverer.wake()
+            await asyncio.sleep(RELISTEN_S)
+
+
+class _Outage:
+    """Why and whether a wake-up channel broke."""
+
+    def __init__(self) -> None:
+        self.happened = asyncio.Event()
+        self.reason = ""
+
+    def report(self, reason: str) -> None:
+        self.reason = reason
+        self.happened.set()
 
 
 LEADER = web.AppKey("leader", Leader)
 
 
-async def delivery_hook(app: web.Application) -> AsyncIterator[None]:
-    """Deliver for the server's lifetime when holding the lease (a cleanup context)."""
-    runtime = app[RUNTIME]
-    client = VoxysClient(runtime.bundle.config.voxys)
-    await client.start()
-    url = runtime.bundle.config.storage.url
-    leader = app[LEADER] = Leader(runtime, client, lease_for(url), wakeup_for(url))
-    publisher = wakeup_for(url)  # wakes the deliverer when it is another process
+def delivery_hook(
+    backend: Backend, timing: Timing
+) -> Callable[[web.Application], AsyncIterator[None]]:
+    """A cleanup context that delivers for the server's lifetime when holding the lease."""
 
-    def publish(_count: int) -> None:
-        if leader.deliverer is None:  # delivering here: the in-process wake-up suffices
-            publisher.publish()
+    async def hook(app: web.Application) -> AsyncIterator[None]:
+        runtime = app[RUNTIME]
+        client = VoxysClient(runtime.bundle.config.voxys)
+        await client.start()
+        leader = app[LEADER] = Leader(runtime, client, backend.lease, backend.wakeup, timing=timing)
 
-    runtime.on_stored.append(publish)
-    task = asyncio.create_task(leader.run())
-    try:
-        yield
-    finally:
-        task.cancel()  # stops the current term: in-flight requests get voxys.timeout
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        await leader.close()
-        await publisher.close()
-        await client.close()
+        def publish(_count: int) -> None:
+            if leader.deliverer is None:  # delivering here: the in-process wake-up suffices
+                backend.wakeup.publish()
+
+        runtime.on_stored.append(publish)
+        # Stopped by the supervisor's own cleanup context, which runs before this one's:
+        # the term ends (in-flight requests get voxys.timeout) before the client closes.
+        runtime.supervisor.start("delivery", leader.run)
+        try:
+            yield
+        finally:
+            await backend.lease.close()
+            await backend.wakeup.close()
+            await client.close()
+
+    return hook

@@ -33,7 +33,7 @@ from bridge import logs
 from bridge.bundle import Bundle, load_bundle
 from bridge.errors import ConfigErrors
 from bridge.fakevoxys import Call, FakeVoxys
-from bridge.ingest import Runtime
+from bridge.runtime import Runtime
 from bridge.serve import build
 
 SETTLE_TIMEOUT_S = 60.0

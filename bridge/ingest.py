@@ -7,36 +7,16 @@ before the store has committed the request's events.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import structlog
 from aiohttp import web
 
-from bridge.bundle import Bundle
 from bridge.errors import NotFound, PayloadTooLarge, RequestRejected, StorageError
-from bridge.metrics import Metrics
 from bridge.models import Outcome
+from bridge.runtime import RUNTIME, Runtime
 from bridge.sources.base import Answer, IngestSummary, Source, WebhookRequest
-from bridge.store.base import Store
 
 log = structlog.get_logger("bridge.ingest")
-
-
-@dataclass
-class Runtime:
-    """The mutable state of one running bridge: the current bundle and its resources."""
-
-    bundle: Bundle
-    store: Store
-    clock: Callable[[], float] = time.time
-    metrics: Metrics = field(default_factory=Metrics)
-    on_stored: list[Callable[[int], None]] = field(default_factory=list)  # wakes delivery
-    paused_tokens: Callable[[], int] = lambda: 0  # set by delivery: tokens Voxys refused
-    delivery_role: Callable[[], str] = lambda: "standby"  # "deliverer" while holding the lease
-
-
-RUNTIME = web.AppKey("runtime", Runtime)
 
 
 async def read_body(request: web.Request, limit: int) -> bytes:

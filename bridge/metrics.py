@@ -121,7 +121,7 @@ METRICS = web.AppKey("metrics", Metrics)
 
 async def handle_metrics(request: web.Request) -> web.Response:
     """GET /metrics: refresh the store gauges, then expose everything."""
-    from bridge.ingest import RUNTIME
+    from bridge.runtime import RUNTIME
 
     metrics = request.app[METRICS]
     runtime = request.app[RUNTIME]

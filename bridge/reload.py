@@ -23,7 +23,7 @@ from aiohttp import web
 from bridge import logs
 from bridge.bundle import Bundle, load_bundle
 from bridge.errors import ConfigErrors
-from bridge.ingest import RUNTIME, Runtime
+from bridge.runtime import RUNTIME, Runtime
 
 log = structlog.get_logger("bridge.reload")
 
@@ -157,10 +157,7 @@ async def reload_hook(app: web.Application) -> AsyncIterator[None]:
             if reloader.files_changed():
                 reloader.reload("file_changed")
 
-    task = asyncio.create_task(watch())
+    runtime.supervisor.start("reload", watch)
     yield
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
     with contextlib.suppress(NotImplementedError, RuntimeError):
         loop.remove_signal_handler(signal.SIGHUP)

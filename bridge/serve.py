@@ -16,8 +16,9 @@ from bridge import __version__, logs
 from bridge.app import Hook, create_app
 from bridge.bundle import Bundle
 from bridge.errors import StorageError
-from bridge.ingest import RUNTIME, Runtime
-from bridge.store import open_store
+from bridge.lease import Timing
+from bridge.runtime import RUNTIME, Runtime
+from bridge.store import open_backend
 
 log = structlog.get_logger("bridge.serve")
 
@@ -27,7 +28,7 @@ FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
 async def retention_hook(app: web.Application) -> AsyncIterator[None]:
-    """Delete settled events older than storage.retention, hourly."""
+    """Delete settled events older than storage.retention, hourly (a supervised task)."""
     runtime = app[RUNTIME]
 
     async def loop() -> None:
@@ -41,21 +42,19 @@ async def retention_hook(app: web.Application) -> AsyncIterator[None]:
                 log.error("storage.purge_failed", error=str(exc))
             await asyncio.sleep(PURGE_EVERY_S)
 
-    task = asyncio.create_task(loop())
+    runtime.supervisor.start("retention", loop)
     yield
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
 
 
 def build(bundle: Bundle, *, config_path: str) -> tuple[web.Application, Runtime]:
     """The app and runtime `serve` runs; tests build the same thing."""
-    store = open_store(bundle.config.storage.url)
-    runtime = Runtime(bundle=bundle, store=store, clock=time.time)
+    backend = open_backend(bundle.config.storage.url)
+    runtime = Runtime(bundle=bundle, store=backend.store, clock=time.time)
     from bridge.delivery import delivery_hook
     from bridge.reload import reload_hook
 
-    hooks: list[Hook] = [retention_hook, reload_hook, delivery_hook]
+    timing = Timing(ttl=bundle.config.storage.lease_ttl)
+    hooks: list[Hook] = [retention_hook, reload_hook, delivery_hook(backend, timing)]
     return create_app(runtime, hooks=hooks), runtime
 
 

@@ -25,7 +25,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Final
+from typing import Any, Final
 
 import aiohttp
 import structlog
@@ -70,6 +70,14 @@ class Reply:
     retry_after: float | None = None  # seconds from now, from a Retry-After header
     message: str | None = None  # short text from the body, safe to log
     error: str | None = None  # timeout / connection error, when no answer came
+    sent: bool = True  # False: held back before a byte left (the lease fence); no attempt
+
+
+class NotSent(Exception):
+    """Raised inside the request, just before it is written, when the fence says stop."""
+
+
+Fence = Callable[[], bool]  # True while this process may still send (bridge.lease.Term.valid)
 
 
 def classify(reply: Reply) -> Verdict:
@@ -178,20 +186,23 @@ class Pacer:
             await asyncio.sleep(delay)
         self.waited_s += self.clock() - start
 
-    async def commit(self) -> None:
+    async def commit(self, fence: Fence | None = None) -> None:
         """Stage two, with a connection in hand, right before the request is written: the
-        hard guarantee. Waits while the window is full, then logs the send.
+        hard guarantee. Waits while the window is full, then asks `fence` (raising
+        NotSent when it says no: the delivery lease ran out meanwhile), then logs the send.
 
         Checked here rather than in `acquire` because opening a connection can take a
         loaded event loop tens of milliseconds, while a later request on a pooled
         connection goes out at once: counted at `acquire`, the late one would land in
         the next window beside a full window's worth of others.
         """
-        if self.configured is None:
-            return
         start = self.clock()
         while (delay := self._window_wait()) > 0:  # noqa: ASYNC110 - a timer
             await asyncio.sleep(delay)
+        if fence is not None and not fence():
+            raise NotSent
+        if self.configured is None:
+            return
         now = self.clock()
         self._sent.append(now)
         self.waited_s += now - start
@@ -265,8 +276,8 @@ class VoxysClient:
             trace_configs=[trace],
         )
 
-    async def _commit(self, _session: object, _context: object, _params: object) -> None:
-        await self.pacer.commit()
+    async def _commit(self, _session: object, context: Any, _params: object) -> None:
+        await self.pacer.commit(context.trace_request_ctx)
 
     async def close(self) -> None:
         if self._session is not None:
@@ -274,9 +285,19 @@ class VoxysClient:
             self._session = None
 
     async def set_status(
-        self, account_id: int, lead_id: int, status: LeadStatus, notes: str | None
+        self,
+        account_id: int,
+        lead_id: int,
+        status: LeadStatus,
+        notes: str | None,
+        *,
+        fence: Fence | None = None,
     ) -> Reply:
-        """One PATCH, paced. Timeouts and connection errors come back as a Reply."""
+        """One PATCH, paced. Timeouts and connection errors come back as a Reply.
+
+        `fence` is asked immediately before the request is written (after any wait for
+        the rate limit); when it says no, nothing is sent and the Reply says `sent=False`.
+        """
         assert self._session is not None, "VoxysClient.start() first"
         url = self.base_url + status_path(account_id, lead_id)
         body: dict[str, str] = {"status": str(status)}
@@ -289,7 +310,9 @@ class VoxysClient:
         await self.pacer.acquire()
         started = time.monotonic()
         try:
-            async with self._session.patch(url, data=json.dumps(body), headers=headers) as resp:
+            async with self._session.patch(
+                url, data=json.dumps(body), headers=headers, trace_request_ctx=fence
+            ) as resp:
                 raw = await resp.read()
                 latency = time.monotonic() - started
                 retry_after = parse_retry_after(resp.headers.get("Retry-After"), time.time())
@@ -300,6 +323,8 @@ class VoxysClient:
                     retry_after=retry_after,
                     message=None if ok else _message(raw) or resp.reason,
                 )
+        except NotSent:
+            return Reply(None, 0.0, error="not sent: delivery lease expired", sent=False)
         except TimeoutError:
             return Reply(None, time.monotonic() - started, error="timeout")
         except aiohttp.ClientError as exc:

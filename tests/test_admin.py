@@ -20,10 +20,13 @@ import bridge
 from bridge import admin_cli
 from bridge.app import create_app
 from bridge.bundle import Bundle, load_bundle
-from bridge.ingest import RUNTIME, Runtime
+from bridge.lease import take_free
 from bridge.models import Evaluation, Event, LeadStatus, Outcome, Transition, Unmapped
+from bridge.runtime import RUNTIME, Runtime
 from bridge.store import open_store
 from bridge.store.base import Store
+from bridge.store.sqlite import SqliteStore
+from bridge.store.sqlite.lease import SqliteLease
 
 TOKEN = "adm-secret-5b1d"
 NOW = 1_714_564_800.0  # 2024-05-01T12:00:00Z
@@ -97,11 +100,17 @@ async def seed_dead(store: Store, *event_ids: str) -> list[int]:
     events = [stripe_event(e, lead) for e, lead in zip(event_ids, leads, strict=True)]
     items = [(e, matched(e, lead)) for e, lead in zip(events, leads, strict=True)]
     await store.ingest(items, NOW - 50)
-    claim = await store.claim_due(NOW - 40, 100, coalesce=False)
+    assert isinstance(store, SqliteStore)
+    lease = SqliteLease(store)
+    term = await take_free(lease)  # as the deliverer, then handed back
+    claim = await store.claim_due(NOW - 40, 100, coalesce=False, epoch=term.epoch)
     ids = []
     for queued in claim.claimed:
-        await store.mark_dead(queued.id, NOW - 30, reason="Voxys answered 422", http_status=422)
+        await store.mark_dead(
+            queued.id, NOW - 30, reason="Voxys answered 422", http_status=422, epoch=term.epoch
+        )
         ids.append(queued.id)
+    await lease.release(term.holder, term.epoch)
     return ids
 
 

@@ -15,11 +15,12 @@ from bridge.bundle import load_bundle
 from bridge.config import RateLimit, RetryConfig
 from bridge.delivery import Deliverer
 from bridge.fakevoxys import Answer, FakeVoxys, max_in_window
-from bridge.ingest import Runtime
+from bridge.lease import take_free
 from bridge.models import Evaluation, Event, LeadStatus, Outcome, Transition
 from bridge.retry import Action, AuthPause, backoff, decide
+from bridge.runtime import Runtime
+from bridge.store import open_backend
 from bridge.store.base import QueuedTransition
-from bridge.store.sqlite import SqliteStore
 from bridge.voxys import (
     PACE_MARGIN,
     Pacer,
@@ -256,7 +257,7 @@ class Harness:
 
     async def idle(self) -> None:
         """Wait until no request is in flight."""
-        await self.until(lambda: not self.deliverer._tasks)
+        await self.until(lambda: not self.deliverer.in_flight)
 
 
 Factory = Callable[..., Awaitable[Harness]]
@@ -270,13 +271,14 @@ async def harness(write_config: WriteConfig, tmp_path: Path) -> AsyncIterator[Fa
         fake = FakeVoxys(tokens=VOXYS_TOKEN, seed_leads=seed_leads)
         url = await fake.start()
         bundle = load_bundle(write_config(voxys_url=url))
-        store = SqliteStore(tmp_path / f"d{len(made)}.db")
-        await store.open()
+        backend = open_backend(f"sqlite:///{tmp_path / f'd{len(made)}.db'}")
+        await backend.store.open()
+        term = await take_free(backend.lease)
         h: Harness
-        runtime = Runtime(bundle=bundle, store=store, clock=lambda: h.clock)
+        runtime = Runtime(bundle=bundle, store=backend.store, clock=lambda: h.clock)
         client = VoxysClient(bundle.config.voxys, rate_limited=rate)
         await client.start()
-        deliverer = Deliverer(runtime, client, clock=lambda: h.clock, auth=AuthPause(**auth))
+        deliverer = Deliverer(runtime, client, term, clock=lambda: h.clock, auth=AuthPause(**auth))
         h = Harness(runtime, fake, deliverer)
         made.append((h, client))
         return h
@@ -388,7 +390,7 @@ async def test_a_refused_token_pauses_delivery_and_a_probe_resumes_it(harness: F
     for lead in (1, 2, 3):
         await h.queue(lead, LeadStatus.WON)
     h.start()
-    await h.until(lambda: h.deliverer.auth.paused and not h.deliverer._tasks)
+    await h.until(lambda: h.deliverer.auth.paused and not h.deliverer.in_flight)
     refused = len(h.fake.calls)
     assert 1 <= refused <= 3  # what was in flight when the pause began, no more
     assert (await h.states()) == {"pending": 3}  # nothing burnt, nothing dead

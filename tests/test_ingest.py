@@ -12,8 +12,8 @@ from aiohttp.test_utils import TestClient
 
 from bridge.app import create_app
 from bridge.bundle import load_bundle
-from bridge.ingest import RUNTIME, Runtime
 from bridge.models import Outcome
+from bridge.runtime import RUNTIME, Runtime
 from bridge.store import open_store
 from bridge.store.base import StoredEvent
 from tests.conftest import PIPEDRIVE_PASSWORD, WriteConfig, stripe_event, stripe_headers

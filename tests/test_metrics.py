@@ -7,7 +7,7 @@ from aiohttp.test_utils import TestClient
 
 from bridge.app import create_app
 from bridge.bundle import load_bundle
-from bridge.ingest import Runtime
+from bridge.runtime import Runtime
 from bridge.store import open_store
 from tests.conftest import STRIPE_SECRET, VOXYS_TOKEN, WriteConfig, stripe_event, stripe_headers
 

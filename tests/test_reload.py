@@ -8,8 +8,8 @@ import pytest
 import structlog
 
 from bridge.bundle import load_bundle
-from bridge.ingest import Runtime
 from bridge.reload import Reloader
+from bridge.runtime import Runtime
 from bridge.store import open_store
 from tests.conftest import WriteConfig
 

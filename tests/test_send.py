@@ -15,7 +15,7 @@ from aiohttp import web
 from bridge import send
 from bridge.app import create_app
 from bridge.bundle import load_bundle
-from bridge.ingest import Runtime
+from bridge.runtime import Runtime
 from bridge.store import open_store
 from bridge.store.base import StoredEvent
 from tests.conftest import (

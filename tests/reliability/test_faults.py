@@ -21,10 +21,12 @@ import pytest
 from bridge.bundle import load_bundle
 from bridge.delivery import Deliverer
 from bridge.fakevoxys import Answer, FakeVoxys
-from bridge.ingest import Runtime
+from bridge.lease import take_free
 from bridge.models import Evaluation, Event, LeadStatus, Outcome, Transition
 from bridge.retry import AuthPause
+from bridge.runtime import Runtime
 from bridge.store.sqlite import SqliteStore
+from bridge.store.sqlite.lease import SqliteLease
 from bridge.voxys import PACE_MARGIN, VoxysClient
 from tests.reliability.conftest import VOXYS_TOKEN, bridge_config, write_yaml
 
@@ -116,10 +118,11 @@ async def rig(tmp_path: Path, rlb_env: dict[str, str]) -> AsyncIterator[Make]:
         db = tmp_path / f"faults{len(made)}.db"
         store = SqliteStore(db)
         await store.open()
+        term = await take_free(SqliteLease(store))
         client = VoxysClient(bundle.config.voxys)
         await client.start()
         auth = AuthPause(probe_initial=PROBE_S, probe_max=2 * PROBE_S, interval=PROBE_S)
-        deliverer = Deliverer(Runtime(bundle=bundle, store=store), client, auth=auth)
+        deliverer = Deliverer(Runtime(bundle=bundle, store=store), client, term, auth=auth)
         r = Rig(fake, store, deliverer, db)
         made.append((r, client))
         return r

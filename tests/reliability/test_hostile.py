@@ -28,7 +28,7 @@ from hypothesis import strategies as st
 
 from bridge.app import create_app
 from bridge.bundle import load_bundle
-from bridge.ingest import Runtime
+from bridge.runtime import Runtime
 from bridge.store.sqlite import SqliteStore
 from tests.reliability.conftest import (
     ENV,

@@ -19,8 +19,8 @@ from cryptography.hazmat.primitives.serialization import (
 from bridge.app import create_app
 from bridge.bundle import load_bundle
 from bridge.errors import BadRequest
-from bridge.ingest import RUNTIME, Runtime
 from bridge.models import Outcome
+from bridge.runtime import RUNTIME, Runtime
 from bridge.sources.base import WebhookRequest
 from bridge.sources.fields import body_sha256
 from bridge.sources.highlevel import HighLevelSource

@@ -12,8 +12,8 @@ from defusedxml.ElementTree import fromstring
 from bridge.app import create_app
 from bridge.bundle import load_bundle
 from bridge.errors import BadRequest, UnsupportedMediaType
-from bridge.ingest import RUNTIME, Runtime
 from bridge.models import Outcome
+from bridge.runtime import RUNTIME, Runtime
 from bridge.sources.base import WebhookRequest
 from bridge.sources.salesforce import ACK, SalesforceSource
 from bridge.store import open_store
