@@ -37,10 +37,12 @@ class Supervisor:
         initial: float = INITIAL_BACKOFF_S,
         maximum: float = MAX_BACKOFF_S,
         clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self.initial = initial
         self.maximum = maximum
         self.clock = clock
+        self.sleep = sleep
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._broken: dict[str, str] = {}
         self.restarts: dict[str, int] = {}
@@ -71,7 +73,7 @@ class Supervisor:
             if self.clock() - started >= STABLE_AFTER_S:
                 delay = self.initial
             log.info("task.restarting", task=name, in_s=delay)
-            await asyncio.sleep(delay)
+            await self.sleep(delay)
             delay = min(self.maximum, delay * 2)
             self.restarts[name] += 1
             self._broken.pop(name, None)

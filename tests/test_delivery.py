@@ -4,23 +4,27 @@ from __future__ import annotations
 
 import asyncio
 import random
+import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
 
 from bridge.bundle import load_bundle
 from bridge.config import RateLimit, RetryConfig
 from bridge.delivery import Deliverer
 from bridge.fakevoxys import Answer, FakeVoxys, max_in_window
-from bridge.lease import take_free
+from bridge.lease import Term, Timing, take_free
 from bridge.models import Evaluation, Event, LeadStatus, Outcome, Transition
 from bridge.retry import Action, AuthPause, backoff, decide
 from bridge.runtime import Runtime
-from bridge.store import open_backend
-from bridge.store.base import QueuedTransition
+from bridge.store.base import Backend, QueuedTransition
+from bridge.store.sqlite import SqliteStore
+from bridge.store.sqlite.lease import SqliteLease
+from bridge.store.sqlite.wakeup import Private
 from bridge.voxys import (
     PACE_MARGIN,
     Pacer,
@@ -267,13 +271,23 @@ Factory = Callable[..., Awaitable[Harness]]
 async def harness(write_config: WriteConfig, tmp_path: Path) -> AsyncIterator[Factory]:
     made: list[tuple[Harness, VoxysClient]] = []
 
-    async def make(*, rate: bool = False, seed_leads: Any = None, **auth: float) -> Harness:
+    async def make(
+        *,
+        rate: bool = False,
+        seed_leads: Any = None,
+        term_clock: Callable[[], float] | None = None,
+        busy_timeout: float = 5.0,
+        **auth: float,
+    ) -> Harness:
         fake = FakeVoxys(tokens=VOXYS_TOKEN, seed_leads=seed_leads)
         url = await fake.start()
         bundle = load_bundle(write_config(voxys_url=url))
-        backend = open_backend(f"sqlite:///{tmp_path / f'd{len(made)}.db'}")
+        store = SqliteStore(tmp_path / f"d{len(made)}.db", busy_timeout=busy_timeout)
+        backend = Backend(store, SqliteLease(store), Private())
         await backend.store.open()
         term = await take_free(backend.lease)
+        if term_clock is not None:  # the term's validity on the test's own clock
+            term = Term.granted(term.holder, term.epoch, Timing(60), term_clock(), term_clock)
         h: Harness
         runtime = Runtime(bundle=bundle, store=backend.store, clock=lambda: h.clock)
         client = VoxysClient(bundle.config.voxys, rate_limited=rate)
@@ -482,3 +496,66 @@ async def test_a_429_halves_the_pace_and_successes_win_it_back() -> None:
     now[0] += 1.0
     pacer.succeeded()
     assert pacer.fraction == pytest.approx(0.6)
+
+
+# --- the lease fence and settles that cannot be lost ----------------------------------
+
+
+class TermClock:
+    """The monotonic clock the lease term reads, moved by the test."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_a_request_waiting_for_the_rate_limit_is_not_sent_once_the_term_ran_out(
+    harness: Factory,
+) -> None:
+    # Given a deliverer whose first rate window is quiet, so its first request waits.
+    clock = TermClock()
+    h = await harness(rate=True, term_clock=clock)
+    await h.queue(42, LeadStatus.WON)
+    with structlog.testing.capture_logs() as logs:
+        h.start()
+        await h.until_states({"in_flight": 1})
+        # When the lease term runs out (renewals failing) while it waits ...
+        clock.now += 60
+        # ... then it is held back, not sent, and its claim goes back to the queue.
+        await h.until(lambda: any(e["event"] == "transition.held" for e in logs))
+        await h.until_states({"pending": 1})
+    assert h.fake.calls == []
+
+    # And once a renewal succeeds, it goes out.
+    h.deliverer.term.renewed(clock.now)
+    h.deliverer.wake()
+    await h.until_states({"delivered": 1})
+    assert [c.body for c in h.fake.calls] == [{"status": "won"}]
+
+
+async def test_an_answer_the_store_cannot_record_yet_is_recorded_once_it_can(
+    harness: Factory, tmp_path: Path
+) -> None:
+    # Given a request in flight (Voxys takes 300 ms) ...
+    h = await harness(busy_timeout=0.05)
+    h.fake.latency = 0.3
+    await h.queue(42, LeadStatus.WON)
+    h.start()
+    await h.until(lambda: bool(h.fake.calls) or h.deliverer.in_flight > 0)
+    # ... when another process holds the database's write lock as the answer comes back,
+    db = h.runtime.store.path
+    assert db is not None
+    other = sqlite3.connect(db, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    with structlog.testing.capture_logs() as logs:
+        await h.until(
+            lambda: sum(e["event"] == "delivery.settle_failed" for e in logs) >= 3, timeout=10
+        )
+        other.execute("ROLLBACK")
+        other.close()
+        # then the settle is retried until it goes through: nothing stays in flight.
+        await h.until_states({"delivered": 1})
+    assert any(e["event"] == "delivery.settle_recovered" for e in logs)
+    assert len(h.fake.calls) == 1

@@ -40,6 +40,10 @@ T = TypeVar("T")
 PURGE_CHUNK: Final = 1000  # events per purge transaction, so ingest is not held up
 RETRIES: Final = 5  # attempts of a transaction that lost a deadlock or serialization race
 CONNECT_TIMEOUT: Final = 10.0  # seconds
+# No statement of ours runs long; one that does is waiting on a dead connection (a
+# network that drops packets instead of refusing them). Bounded, it fails as a
+# StorageError the caller retries, instead of hanging its caller for TCP's timeouts.
+COMMAND_TIMEOUT: Final = 30.0  # seconds
 MESSAGE_MAX: Final = 300  # characters of a driver's error message kept in a StorageError
 _IDENTIFIER: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 _ARGUMENT: Final = re.compile(r"(query argument \$\d+): .*( \([^()]*\))$", re.DOTALL)
@@ -172,6 +176,7 @@ class PostgresStore:
                 min_size=self._pool_min,
                 max_size=self._pool_max,
                 timeout=CONNECT_TIMEOUT,
+                command_timeout=COMMAND_TIMEOUT,
                 server_settings=settings,
             )
             async with pool.acquire() as conn:
@@ -205,7 +210,10 @@ class PostgresStore:
             if self._pool is None:
                 raise StorageError("postgresql store is not open")
             try:
-                async with self._pool.acquire() as conn, conn.transaction(**tx):
+                async with (
+                    self._pool.acquire(timeout=CONNECT_TIMEOUT) as conn,
+                    conn.transaction(**tx),
+                ):
                     return await work(conn)
             except _RETRYABLE as exc:
                 if attempt == RETRIES:
