@@ -274,8 +274,11 @@ async def handle_stats(request: web.Request) -> web.Response:
     runtime = request.config_dict[RUNTIME]
     body = await stats(runtime.store, runtime.clock())
     # Delivery owns the auth pause; it may not be wired into this runtime.
-    body["paused_tokens"] = runtime.paused_tokens()
-    body["delivery_role"] = runtime.delivery_role()
+    delivery = runtime.delivery
+    body["paused_tokens"] = 1 if delivery.pauses.token_wide else 0
+    body["paused"] = delivery.paused_json()
+    body["delivery_role"] = delivery.role
+    body["lease_epoch"] = delivery.epoch
     return web.json_response(body)
 
 

@@ -51,7 +51,7 @@ async def readyz(request: web.Request) -> web.Response:
         {
             "ok": True,
             "sources": sorted(runtime.bundle.sources),
-            "delivery_role": runtime.delivery_role(),
+            "delivery_role": runtime.delivery.role,
         }
     )
 

@@ -99,11 +99,17 @@ class NotFoundRetry(Model):
     backoff: Duration = 300.0
 
 
+class AuthProbe(Model):
+    initial: Annotated[float, BeforeValidator(parse_duration), Field(gt=0)] = 30.0
+    max: Annotated[float, BeforeValidator(parse_duration), Field(gt=0)] = 300.0
+
+
 class RetryConfig(Model):
     max_attempts: PositiveInt = 15
     max_age: Duration = 86400.0
     backoff: Backoff = Backoff()
     not_found: NotFoundRetry = NotFoundRetry()
+    auth_probe: AuthProbe = AuthProbe()
 
 
 class VoxysConfig(Model):

@@ -17,9 +17,11 @@ Settles are not lost. Recording an answer is retried with backoff until the stor
 takes it, or until the store says the term is over (then the new holder recovers the
 claim and sends it again: a repeat is allowed, a claim stuck in flight is not).
 
-Auth pause. A 401/403 means the token is refused: nothing is burnt or dead-lettered.
-The transition goes back to the queue, delivery stops for the token, and one probe
-request is let through every 30 s, backing off to 5 min, until Voxys accepts it again.
+Auth pauses (bridge/pauses.py). A 401/403 means the token is refused for that account:
+no attempt is used up, the transition goes back to the queue, the account is left out
+of claims and probed with one request every 30 s, backing off to 5 min, until Voxys
+accepts it again; other accounts keep flowing unless every account in use is refused.
+A transition waiting on a refused token still ages: past retry.max_age it is dead.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import asyncio
 import contextlib
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Final
 
 import structlog
@@ -37,7 +39,8 @@ from aiohttp import web
 from bridge.config import RetryConfig
 from bridge.errors import LeaseLost, StorageError
 from bridge.lease import Term, Timing, holder_name
-from bridge.retry import Action, AuthPause, Decision, decide
+from bridge.pauses import AuthPauses
+from bridge.retry import Action, Decision, decide, refused_reason
 from bridge.runtime import RUNTIME, Runtime
 from bridge.store.base import Backend, Lease, Listening, QueuedTransition, Wakeup
 from bridge.voxys import Reply, Verdict, VoxysClient, classify
@@ -62,14 +65,19 @@ class Deliverer:
         *,
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
-        auth: AuthPause | None = None,
+        pauses: AuthPauses | None = None,
     ) -> None:
         self.runtime = runtime
         self.client = client
         self.term = term
         self.clock = clock
         self.rng = rng or random.Random()
-        self.auth = auth or AuthPause()
+        if pauses is None:  # the process's own, with the probe timing configured now
+            pauses = runtime.delivery.pauses
+            probe = runtime.bundle.config.voxys.retry.auth_probe
+            pauses.probe_initial, pauses.probe_max = probe.initial, probe.max
+            pauses.window = probe.initial
+        self.pauses = pauses
         self.degraded = False  # the wake-up channel is down: poll often
         self.fenced = asyncio.Event()  # the store refused this term's epoch
         self._wake = asyncio.Event()
@@ -86,9 +94,6 @@ class Deliverer:
     @property
     def in_flight(self) -> int:
         return len(self._tasks)
-
-    def paused_tokens(self) -> int:
-        return 1 if self.auth.paused else 0
 
     async def run(self) -> None:
         """Recover earlier terms' claims, then claim and send until stopped or fenced."""
@@ -117,13 +122,6 @@ class Deliverer:
             return
         now = self.clock()
         room = voxys.max_in_flight - len(self._tasks)
-        allowed = self.auth.may_send(now)
-        if allowed == 0:
-            probe_in = self.auth.next_probe_at - now
-            await self._sleep(self._poll() if self.auth.probing else max(0.01, probe_in))
-            return
-        if allowed == 1:
-            room = min(room, 1) if not self._tasks else 0
         if room <= 0 or (self._tasks and room < voxys.max_in_flight // 2):
             # Claim in batches: one claim (a store write) per free slot would cost a
             # commit per transition. A finishing task wakes us.
@@ -132,10 +130,23 @@ class Deliverer:
         # Claim no more than one rate-limit window's worth: what is claimed waits in flight
         # for the pacer, and a transition waiting there cannot be coalesced any more.
         rate = voxys.rate_limit.requests if self.client.pacer.configured else room
+        claimed = 0
+        next_due_at: float | None = None
         try:
-            claim = await self.runtime.store.claim_due(
-                now, min(room, max(1, rate)), coalesce=voxys.coalesce, epoch=self.term.epoch
-            )
+            claimed = await self._probe(now, room)
+            if room - claimed > 0:
+                claim = await self.runtime.store.claim_due(
+                    now,
+                    min(room - claimed, max(1, rate)),
+                    coalesce=voxys.coalesce,
+                    epoch=self.term.epoch,
+                    skip_accounts=self.pauses.skipped(),
+                )
+                self._report(claim.superseded, claim.stale)
+                for t in claim.claimed:
+                    self._start(t, probe=False)
+                claimed += len(claim.claimed)
+                next_due_at = claim.next_due_at
         except StorageError as exc:
             log.error("delivery.store_failed", error=str(exc))
             await self._sleep(STORE_RETRY_S)
@@ -143,24 +154,73 @@ class Deliverer:
         except LeaseLost:
             self.fenced.set()
             return
-        for t in claim.superseded:
+        if not claimed:
+            until = self._poll()
+            for at in (next_due_at, self.pauses.next_probe_at()):
+                if at is not None:
+                    until = min(until, max(0.01, at - self.clock()))
+            await self._sleep(until)
+
+    async def _probe(self, now: float, room: int) -> int:
+        """Send one probe for each paused account whose probe is due; how many went out.
+
+        First, what waited on the refused token past retry.max_age is dead-lettered.
+        """
+        sent = 0
+        for account_id in self.pauses.probes_due(now)[:room]:
+            pause = self.pauses.paused[account_id]
+            expired = await self.runtime.store.expire_pending(
+                account_id,
+                now - self.config.max_age,
+                now,
+                reason=refused_reason(account_id),
+                http_status=pause.http_status,
+                epoch=self.term.epoch,
+            )
+            for t in expired:
+                self.runtime.metrics.settled("dead")
+                log.warning(
+                    "transition.dead",
+                    reason=refused_reason(account_id),
+                    http_status=pause.http_status,
+                    **_fields(t),
+                )
+            claim = await self.runtime.store.claim_due(
+                now,
+                1,
+                coalesce=self.runtime.bundle.config.voxys.coalesce,
+                epoch=self.term.epoch,
+                only_account=account_id,
+            )
+            self._report(claim.superseded, claim.stale)
+            if not claim.claimed:  # nothing waits on this account's token any more
+                self.pauses.nothing_to_probe(account_id)
+                self._show_pauses()
+                continue
+            self.pauses.probe_started(account_id)
+            self._start(claim.claimed[0], probe=True)
+            sent += 1
+        return sent
+
+    def _report(
+        self, superseded: Sequence[QueuedTransition], stale: Sequence[QueuedTransition]
+    ) -> None:
+        for t in superseded:
             self.runtime.metrics.settled("superseded")
             log.info("transition.superseded", **_fields(t))
-        for t in claim.stale:
+        for t in stale:
             self.runtime.metrics.settled("stale")
             log.info("transition.stale", **_fields(t))
-        probe = allowed == 1 and bool(claim.claimed)
-        if probe:
-            self.auth.probing = True
-        for t in claim.claimed:
-            task = asyncio.create_task(self._send(t, probe=probe))
-            self._tasks.add(task)
-            task.add_done_callback(self._done)
-        if not claim.claimed:
-            until = self._poll()
-            if claim.next_due_at is not None:
-                until = min(until, max(0.0, claim.next_due_at - self.clock()))
-            await self._sleep(until)
+
+    def _start(self, t: QueuedTransition, *, probe: bool) -> None:
+        task = asyncio.create_task(self._send(t, probe=probe))
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
+
+    def _show_pauses(self) -> None:
+        metrics = self.runtime.metrics
+        metrics.paused_tokens.set(1 if self.pauses.token_wide else 0)
+        metrics.paused_accounts.set(len(self.pauses.paused))
 
     def _poll(self) -> float:
         return DEGRADED_POLL_S if self.degraded else IDLE_POLL_S
@@ -185,8 +245,8 @@ class Deliverer:
             await self._attempt(t)
         finally:
             if probe:  # whatever became of the probe, the next one may be scheduled
-                self.auth.probing = False
-            self.runtime.metrics.paused_tokens.set(self.paused_tokens())
+                self.pauses.probe_ended(t.account_id)
+            self._show_pauses()
 
     async def _attempt(self, t: QueuedTransition) -> None:
         metrics = self.runtime.metrics
@@ -207,7 +267,9 @@ class Deliverer:
         now = self.clock()
         metrics.limiter_wait.inc(max(0.0, pacer.waited_s - waited))
         metrics.attempt(reply.status, reply.latency_s)
+        self.pauses.answered(t.account_id, now)
         decision = decide(t, reply, now=now, retry=self.config, rng=self.rng)
+        self._learn_token(t.account_id, reply, decision, now)
         await self._apply(t, reply, decision, now, t.attempts + 1, fields)
 
     async def _settle(
@@ -240,6 +302,32 @@ class Deliverer:
                 log.info("delivery.settle_recovered", op=op, failures=failures, **fields)
             return True
 
+    def _learn_token(self, account_id: int, reply: Reply, decision: Decision, now: float) -> None:
+        """What the answer says about the token for this account: refused, accepted, or
+        nothing (a 5xx, 429 or timeout)."""
+        verdict = classify(reply)
+        if verdict is Verdict.REFUSED:
+            refusal = self.pauses.refuse(account_id, now, reply.status)
+            if refusal.started or refusal.token_wide_started:
+                pause = self.pauses.paused[account_id]
+                log.error(
+                    "voxys.auth_failed",
+                    account_id=account_id,
+                    token_wide=refusal.token_wide,
+                    http_status=reply.status,
+                    probe_in_s=pause.interval,
+                    reason=decision.reason,
+                )
+        elif verdict in (Verdict.RETRY, Verdict.THROTTLED):
+            self.pauses.inconclusive(account_id, now)
+        else:  # authenticated: 2xx, 404, 422 ...
+            recovery = self.pauses.accepted(account_id)
+            if recovery.account or recovery.token_wide:
+                log.info(
+                    "voxys.auth_recovered", account_id=account_id, token_wide=recovery.token_wide
+                )
+        self._show_pauses()
+
     async def _apply(
         self,
         t: QueuedTransition,
@@ -260,8 +348,6 @@ class Deliverer:
                 return
             metrics.settled("delivered")
             self.client.pacer.succeeded()
-            if self.auth.recover():
-                log.info("voxys.auth_recovered")
             log.info(
                 "transition.delivered",
                 attempt=attempt,
@@ -269,14 +355,6 @@ class Deliverer:
                 **fields,
             )
         elif decision.action is Action.PAUSE:
-            started = self.auth.refuse(now)
-            if started:
-                log.error(
-                    "voxys.auth_failed",
-                    http_status=reply.status,
-                    probe_in_s=self.auth.interval,
-                    reason=decision.reason,
-                )
             await self._settle("release", lambda: store.release(t.id, now, epoch=epoch), fields)
         elif decision.action is Action.DEAD:
             reason = decision.reason or ""
@@ -385,21 +463,11 @@ class Leader:
         self.holder = holder or holder_name()
         self.clock = clock
         self.deliverer: Deliverer | None = None
-        self.epoch: int | None = None  # of the current term, for /admin/stats
         runtime.on_stored.append(self.wake)
-        runtime.paused_tokens = self.paused_tokens
-        runtime.delivery_role = lambda: self.role
 
     def wake(self, count: int = 0) -> None:
         if self.deliverer is not None:
             self.deliverer.wake(count)
-
-    def paused_tokens(self) -> int:
-        return self.deliverer.paused_tokens() if self.deliverer is not None else 0
-
-    @property
-    def role(self) -> str:
-        return "deliverer" if self.deliverer is not None else "standby"
 
     async def run(self) -> None:
         """Take the lease whenever it is free, and deliver for each term."""
@@ -425,7 +493,8 @@ class Leader:
         log.info("delivery.lease_acquired", epoch=term.epoch, holder=term.holder)
         self.client.pacer.quiet_window()  # the previous holder's sends may fill it
         deliverer = self.deliverer = Deliverer(self.runtime, self.client, term)
-        self.epoch = term.epoch
+        state = self.runtime.delivery
+        state.role, state.epoch = "deliverer", term.epoch
         parts = {
             asyncio.create_task(deliverer.run(), name="deliver"),
             asyncio.create_task(self._renew(term, deliverer), name="renew"),
@@ -446,7 +515,7 @@ class Leader:
                 part.cancel()
             await asyncio.gather(*parts, return_exceptions=True)
             self.deliverer = None
-            self.epoch = None
+            state.role, state.epoch = "standby", None
             await self._release(term)
 
     async def _release(self, term: Term) -> None:

@@ -8,6 +8,8 @@ Answers, in the order they are decided (Rails conventions, as the reference impl
 
 - any path or method other than the one endpoint: 404 / 405, `{"error": ...}`;
 - missing, unknown or revoked `api_access_token`: 401 `{"error": "Invalid Access Token"}`;
+- a valid token used for an account it has no access to (`refused_accounts`): 403
+  `{"error": "You are not authorized to access this account"}`;
 - a non-integer id, or an unknown lead when leads were seeded: 404;
 - a body that is not JSON: 400; a missing or invalid `status`, or `notes` that is neither
   a string nor null: 422 `{"error": <message>}`;
@@ -168,6 +170,7 @@ class FakeVoxys:
         self.fail_rate_limit: tuple[int, float] | None = None
         self.fail_ratio = 0.0
         self.fail_status = 503
+        self.refused_accounts: set[int] = set()  # the token has no access to these: 403
         # Called once per call after it is answered (or dropped); the sandbox prints it.
         self.on_call: Callable[[Call], None] | None = None
 
@@ -306,6 +309,8 @@ class FakeVoxys:
             return _error(401, "Invalid Access Token")
         account_id = _int_or_none(request.match_info["account_id"])
         lead_id = _int_or_none(request.match_info["lead_id"])
+        if account_id in self.refused_accounts:
+            return _error(403, "You are not authorized to access this account")
         if account_id is None or lead_id is None:
             return _error(404, "Resource could not be found")
         key = (account_id, lead_id)

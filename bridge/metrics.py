@@ -63,7 +63,10 @@ class Metrics:
             registry=r,
         )
         self.paused_tokens = Gauge(
-            "bridge_paused_tokens", "Voxys tokens paused (refused or Retry-After)", registry=r
+            "bridge_paused_tokens", "Voxys tokens paused for every account (refused)", registry=r
+        )
+        self.paused_accounts = Gauge(
+            "bridge_paused_accounts", "Accounts for which Voxys refuses the token", registry=r
         )
         self.reloads = Counter(
             "bridge_config_reloads", "Configuration reloads", ["result"], registry=r

@@ -45,6 +45,12 @@ def describe(reply: Reply) -> str:
     return f"HTTP {reply.status}" + (f": {reply.message}" if reply.message else "")
 
 
+def refused_reason(account_id: int, reply: Reply | None = None) -> str:
+    """The dead-letter reason of a transition that waited on a refused token too long."""
+    detail = f" ({describe(reply)})" if reply is not None else ""
+    return f"token refused for account {account_id}{detail}"
+
+
 def decide(
     transition: QueuedTransition,
     reply: Reply,
@@ -57,12 +63,14 @@ def decide(
     verdict = classify(reply)
     if verdict is Verdict.DELIVERED:
         return Decision(Action.DELIVERED)
+    attempts = transition.attempts + 1  # counting this one
+    too_old = now - transition.created_at >= retry.max_age
     if verdict is Verdict.REFUSED:
+        if too_old:  # waiting on a refused token ages like any other wait
+            return Decision(Action.DEAD, reason=refused_reason(transition.account_id, reply))
         return Decision(Action.PAUSE, counts=False, reason=describe(reply))
     if verdict is Verdict.REJECTED:
         return Decision(Action.DEAD, reason=describe(reply))
-    attempts = transition.attempts + 1  # counting this one
-    too_old = now - transition.created_at >= retry.max_age
     if verdict is Verdict.NOT_FOUND:
         tries = transition.not_found_attempts + 1
         if tries >= retry.not_found.attempts:
@@ -95,43 +103,3 @@ def decide(
     if reply.retry_after is not None:
         wait = max(wait, reply.retry_after)
     return Decision(Action.RETRY, next_attempt_at=now + wait, reason=describe(reply))
-
-
-@dataclass
-class AuthPause:
-    """The state of a refused token: when to probe next, and how long after that."""
-
-    probe_initial: float = 30.0
-    probe_max: float = 300.0
-    paused: bool = False
-    next_probe_at: float = 0.0
-    interval: float = 30.0
-    probing: bool = False
-
-    def refuse(self, now: float) -> bool:
-        """Record a refusal; True when this starts a pause (log once per pause)."""
-        started = not self.paused
-        if started:
-            self.interval = self.probe_initial
-        elif self.probing:
-            self.interval = min(self.probe_max, self.interval * 2)
-        else:
-            return False  # a request that was already in flight when the pause began
-        self.paused = True
-        self.probing = False
-        self.next_probe_at = now + self.interval
-        return started
-
-    def recover(self) -> bool:
-        """Record an accepted request; True when this ends a pause."""
-        was = self.paused
-        self.paused = self.probing = False
-        return was
-
-    def may_send(self, now: float) -> int:
-        """How many requests may start now: unlimited (-1), one probe (1) or none (0)."""
-        if not self.paused:
-            return -1
-        if self.probing or now < self.next_probe_at:
-            return 0
-        return 1

@@ -9,13 +9,40 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from aiohttp import web
 
 from bridge.bundle import Bundle
 from bridge.metrics import Metrics
+from bridge.pauses import AuthPauses
 from bridge.store.base import Store
 from bridge.supervisor import Supervisor
+
+
+@dataclass
+class DeliveryState:
+    """What this process's delivery is doing: written by delivery, read by /readyz,
+    /admin/stats and metrics."""
+
+    role: str = "standby"  # "deliverer" while this process holds the delivery lease
+    epoch: int | None = None  # of the lease term, while delivering
+    pauses: AuthPauses = field(default_factory=AuthPauses)  # accounts whose token is refused
+
+    def paused_json(self) -> dict[str, Any]:
+        return {
+            "token_wide": self.pauses.token_wide,
+            "accounts": [
+                {
+                    "account_id": p.account_id,
+                    "since": p.since,
+                    "http_status": p.http_status,
+                    "next_probe_at": p.next_probe_at,
+                    "probing": p.probing,
+                }
+                for p in sorted(self.pauses.paused.values(), key=lambda p: p.account_id)
+            ],
+        }
 
 
 @dataclass
@@ -27,9 +54,8 @@ class Runtime:
     clock: Callable[[], float] = time.time
     metrics: Metrics = field(default_factory=Metrics)
     supervisor: Supervisor = field(default_factory=Supervisor)
+    delivery: DeliveryState = field(default_factory=DeliveryState)
     on_stored: list[Callable[[int], None]] = field(default_factory=list)  # wakes delivery
-    paused_tokens: Callable[[], int] = lambda: 0  # set by delivery: tokens Voxys refused
-    delivery_role: Callable[[], str] = lambda: "standby"  # "deliverer" while holding the lease
 
 
 RUNTIME = web.AppKey("runtime", Runtime)

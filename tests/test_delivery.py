@@ -19,7 +19,8 @@ from bridge.delivery import Deliverer
 from bridge.fakevoxys import Answer, FakeVoxys, max_in_window
 from bridge.lease import Term, Timing, take_free
 from bridge.models import Evaluation, Event, LeadStatus, Outcome, Transition
-from bridge.retry import Action, AuthPause, backoff, decide
+from bridge.pauses import AuthPauses
+from bridge.retry import Action, backoff, decide
 from bridge.runtime import Runtime
 from bridge.store.base import Backend, QueuedTransition
 from bridge.store.sqlite import SqliteStore
@@ -121,6 +122,12 @@ def test_a_refused_token_pauses_without_using_an_attempt() -> None:
     assert (d.action, d.counts) == (Action.PAUSE, False)
 
 
+def test_a_refused_transition_past_max_age_is_dead_with_the_account_in_its_reason() -> None:
+    d = run_decide(queued(created_at=NOW - 3601), reply(403, message="Forbidden"))
+    assert d.action is Action.DEAD
+    assert d.reason == "token refused for account 7 (HTTP 403: Forbidden)"
+
+
 def test_a_validation_error_is_dead_at_once_with_the_message() -> None:
     d = run_decide(queued(), reply(422, message="Status is not included in the list"))
     assert d.action is Action.DEAD
@@ -175,34 +182,6 @@ def test_a_404_retries_per_not_found_then_dead_letters() -> None:
     assert last.action is Action.DEAD
     assert last.reason is not None
     assert last.reason.startswith("lead not found after 3 attempts")
-
-
-# --- auth pause -------------------------------------------------------------------------
-
-
-def test_auth_pause_probes_once_every_interval_backing_off_to_the_maximum() -> None:
-    pause = AuthPause(probe_initial=30, probe_max=100)
-    assert pause.may_send(0) == -1
-    assert pause.refuse(0) is True  # starts a pause: logged once
-    assert pause.may_send(29) == 0
-    assert pause.may_send(30) == 1
-    pause.probing = True
-    assert pause.may_send(31) == 0  # one probe at a time
-    assert pause.refuse(31) is False  # the probe was refused: no second log line
-    assert pause.next_probe_at == 31 + 60
-    pause.probing = True
-    pause.refuse(100)
-    assert pause.interval == 100  # capped
-    assert pause.recover() is True
-    assert pause.may_send(101) == -1
-
-
-def test_refusals_of_requests_already_in_flight_do_not_stretch_the_pause() -> None:
-    pause = AuthPause(probe_initial=30, probe_max=300)
-    pause.refuse(0)
-    pause.refuse(0.1)
-    pause.refuse(0.2)
-    assert (pause.interval, pause.next_probe_at) == (30, 30)
 
 
 # --- the worker against a fake Voxys server ---------------------------------------------
@@ -292,7 +271,9 @@ async def harness(write_config: WriteConfig, tmp_path: Path) -> AsyncIterator[Fa
         runtime = Runtime(bundle=bundle, store=backend.store, clock=lambda: h.clock)
         client = VoxysClient(bundle.config.voxys, rate_limited=rate)
         await client.start()
-        deliverer = Deliverer(runtime, client, term, clock=lambda: h.clock, auth=AuthPause(**auth))
+        deliverer = Deliverer(
+            runtime, client, term, clock=lambda: h.clock, pauses=AuthPauses(**auth)
+        )
         h = Harness(runtime, fake, deliverer)
         made.append((h, client))
         return h
@@ -404,7 +385,7 @@ async def test_a_refused_token_pauses_delivery_and_a_probe_resumes_it(harness: F
     for lead in (1, 2, 3):
         await h.queue(lead, LeadStatus.WON)
     h.start()
-    await h.until(lambda: h.deliverer.auth.paused and not h.deliverer.in_flight)
+    await h.until(lambda: h.deliverer.pauses.token_wide and not h.deliverer.in_flight)
     refused = len(h.fake.calls)
     assert 1 <= refused <= 3  # what was in flight when the pause began, no more
     assert (await h.states()) == {"pending": 3}  # nothing burnt, nothing dead
@@ -416,7 +397,7 @@ async def test_a_refused_token_pauses_delivery_and_a_probe_resumes_it(harness: F
     h.clock += 1
     h.deliverer.wake()
     await h.until(lambda: len(h.fake.calls) == refused + 3)
-    await h.until(lambda: not h.deliverer.auth.paused)
+    await h.until(lambda: not h.deliverer.pauses.paused)
     await h.until_states({"delivered": 3})
 
 

@@ -22,7 +22,7 @@ Transition states:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol
@@ -175,8 +175,20 @@ class Store(Protocol):
         is the lease's current epoch.
         """
 
-    async def claim_due(self, now: float, limit: int, *, coalesce: bool, epoch: int) -> Claim:
+    async def claim_due(
+        self,
+        now: float,
+        limit: int,
+        *,
+        coalesce: bool,
+        epoch: int,
+        skip_accounts: Collection[int] = (),
+        only_account: int | None = None,
+    ) -> Claim:
         """Claim up to `limit` transitions due at `now`, at most one per (account, lead).
+
+        Leads of `skip_accounts` are left out (accounts whose token is refused); with
+        `only_account`, only that account's leads are considered (a probe).
 
         A lead with an in_flight transition is skipped. Per lead, pending transitions
         are ordered by (occurred_at, id). Without coalescing the lead's first one is
@@ -187,6 +199,19 @@ class Store(Protocol):
         (`bridge.claims.plan_lead`). Claimed transitions become in_flight under `epoch`.
         Raises `LeaseLost` unless `epoch` is the lease's current epoch.
         """
+
+    async def expire_pending(
+        self,
+        account_id: int,
+        created_before: float,
+        now: float,
+        *,
+        reason: str,
+        http_status: int | None,
+        epoch: int,
+    ) -> list[QueuedTransition]:
+        """Dead-letter the account's pending transitions created before `created_before`
+        (they waited on a refused token past retry.max_age); returns them. Fenced."""
 
     # Settling: each applies only to a transition in flight under `epoch`, while that
     # epoch is current; otherwise it raises `LeaseLost` and changes nothing.

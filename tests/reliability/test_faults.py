@@ -23,7 +23,7 @@ from bridge.delivery import Deliverer
 from bridge.fakevoxys import Answer, FakeVoxys
 from bridge.lease import take_free
 from bridge.models import Evaluation, Event, LeadStatus, Outcome, Transition
-from bridge.retry import AuthPause
+from bridge.pauses import AuthPauses
 from bridge.runtime import Runtime
 from bridge.store.sqlite import SqliteStore
 from bridge.store.sqlite.lease import SqliteLease
@@ -121,8 +121,8 @@ async def rig(tmp_path: Path, rlb_env: dict[str, str]) -> AsyncIterator[Make]:
         term = await take_free(SqliteLease(store))
         client = VoxysClient(bundle.config.voxys)
         await client.start()
-        auth = AuthPause(probe_initial=PROBE_S, probe_max=2 * PROBE_S, interval=PROBE_S)
-        deliverer = Deliverer(Runtime(bundle=bundle, store=store), client, term, auth=auth)
+        pauses = AuthPauses(probe_initial=PROBE_S, probe_max=2 * PROBE_S)
+        deliverer = Deliverer(Runtime(bundle=bundle, store=store), client, term, pauses=pauses)
         r = Rig(fake, store, deliverer, db)
         made.append((r, client))
         return r

@@ -17,7 +17,7 @@ has an in_flight transition has a NULL due time, so it is never claimed twice.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from typing import Any, Final
 
 from bridge.claims import plan_lead
@@ -202,7 +202,15 @@ async def _claim_lead(
         after = (page[-1].occurred_at, page[-1].id)
 
 
-async def claim_due(conn: Any, now: float, limit: int, coalesce: bool, epoch: int) -> Claim:
+async def claim_due(
+    conn: Any,
+    now: float,
+    limit: int,
+    coalesce: bool,
+    epoch: int,
+    skip_accounts: Collection[int] = (),
+    only_account: int | None = None,
+) -> Claim:
     """Claim up to `limit` due leads' heads; see Store.claim_due for the rules."""
     await check_epoch(conn, epoch)
     column = "last_due_at" if coalesce else "first_due_at"
@@ -212,9 +220,13 @@ async def claim_due(conn: Any, now: float, limit: int, coalesce: bool, epoch: in
         # a lead processed here drops out of this query, so each round makes progress.
         leads = await conn.fetch(
             f"SELECT account_id, lead_id, last_delivered_at FROM leads"  # noqa: S608
-            f" WHERE {column} <= $1 ORDER BY {column} LIMIT $2 FOR UPDATE SKIP LOCKED",
+            f" WHERE {column} <= $1 AND account_id <> ALL($3::bigint[])"
+            " AND ($4::bigint IS NULL OR account_id = $4)"
+            f" ORDER BY {column} LIMIT $2 FOR UPDATE SKIP LOCKED",
             now,
             limit - len(out.claimed),
+            sorted(skip_accounts),
+            only_account,
         )
         if not leads:
             break
@@ -228,6 +240,44 @@ async def claim_due(conn: Any, now: float, limit: int, coalesce: bool, epoch: in
         now,
     )
     return Claim(out.claimed, out.superseded, out.stale, next_due_at)
+
+
+async def expire_pending(
+    conn: Any,
+    account_id: int,
+    created_before: float,
+    now: float,
+    reason: str,
+    http_status: int | None,
+    epoch: int,
+) -> list[QueuedTransition]:
+    """Dead-letter an account's pending transitions created before `created_before`."""
+    await check_epoch(conn, epoch)
+    keys = await conn.fetch(
+        "SELECT DISTINCT account_id, lead_id FROM transitions"
+        " WHERE account_id = $1 AND state = 'pending' AND created_at < $2",
+        account_id,
+        created_before,
+    )
+    await lock_leads(conn, [(k[0], k[1]) for k in keys])
+    rows = await conn.fetch(  # re-read under the leads' locks
+        f"SELECT {QUEUED} {FROM} WHERE t.account_id = $1 AND t.state = 'pending'"
+        " AND t.created_at < $2",
+        account_id,
+        created_before,
+    )
+    expired = [queued(row) for row in rows]
+    if expired:
+        await conn.execute(
+            "UPDATE transitions SET state = 'dead', settled_at = $1, next_attempt_at = NULL,"
+            " reason = $2, http_status = $3 WHERE id = ANY($4::bigint[])",
+            now,
+            text(reason),
+            http_status,
+            [t.id for t in expired],
+        )
+    await refresh_leads(conn, {(t.account_id, t.lead_id) for t in expired})
+    return expired
 
 
 async def recover_claims(conn: Any, epoch: int) -> int:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from typing import Any, Final, TypeVar
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
@@ -30,7 +30,15 @@ import asyncpg
 
 from bridge.errors import ConfigError, LeaseLost, StorageError
 from bridge.models import Evaluation, Event, Outcome
-from bridge.store.base import Claim, IngestResult, LedgerEntry, Stats, StoredEvent, TransitionState
+from bridge.store.base import (
+    Claim,
+    IngestResult,
+    LedgerEntry,
+    QueuedTransition,
+    Stats,
+    StoredEvent,
+    TransitionState,
+)
 from bridge.store.postgres import queue as q
 from bridge.store.postgres.schema import migrate
 from bridge.store.rows import ledger_entry, stored_event
@@ -311,11 +319,44 @@ class PostgresStore:
 
         return await self._run("recover_claims", work)
 
-    async def claim_due(self, now: float, limit: int, *, coalesce: bool, epoch: int) -> Claim:
+    async def claim_due(
+        self,
+        now: float,
+        limit: int,
+        *,
+        coalesce: bool,
+        epoch: int,
+        skip_accounts: Collection[int] = (),
+        only_account: int | None = None,
+    ) -> Claim:
+        skip = [a for a in skip_accounts if a in _BIGINT]
+        if only_account is not None and only_account not in _BIGINT:
+            return Claim([], [], [], None)
+
         async def work(conn: Any) -> Claim:
-            return await q.claim_due(conn, now, limit, coalesce, epoch)
+            return await q.claim_due(conn, now, limit, coalesce, epoch, skip, only_account)
 
         return await self._run("claim_due", work)
+
+    async def expire_pending(
+        self,
+        account_id: int,
+        created_before: float,
+        now: float,
+        *,
+        reason: str,
+        http_status: int | None,
+        epoch: int,
+    ) -> list[QueuedTransition]:
+        if account_id not in _BIGINT:
+            return []
+
+        async def work(conn: Any) -> list[QueuedTransition]:
+            return await q.expire_pending(
+                conn, account_id, created_before, now, reason, http_status, epoch
+            )
+
+        return await self._run("expire_pending", work)
 
     async def _settle(
         self, op: str, tid: int, sql: str, *params: Any, epoch: int, delivered: bool = False

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from typing import Any, Final
 
 from bridge.claims import plan_lead
@@ -153,19 +153,33 @@ def _claim_lead(
 
 
 def claim_due(
-    conn: sqlite3.Connection, now: float, limit: int, coalesce: bool, epoch: int
+    conn: sqlite3.Connection,
+    now: float,
+    limit: int,
+    coalesce: bool,
+    epoch: int,
+    skip_accounts: Collection[int] = (),
+    only_account: int | None = None,
 ) -> Claim:
     """Claim up to `limit` due leads' heads; see Store.claim_due for the rules."""
     check_epoch(conn, epoch)
     column = "last_due_at" if coalesce else "first_due_at"
+    where = f"{column} <= ?"
+    params: list[Any] = [now]
+    if skip_accounts:
+        where += f" AND account_id NOT {IN_IDS}"
+        params.append(json.dumps(sorted(skip_accounts)))
+    if only_account is not None:
+        where += " AND account_id = ?"
+        params.append(only_account)
     out = Claim(claimed=[], superseded=[], stale=[], next_due_at=None)
     while len(out.claimed) < limit:
         # A processed lead drops out of this query: it is now in flight, due later, or
         # empty. So each round makes progress and the loop ends.
         leads = conn.execute(
             f"SELECT account_id, lead_id, last_delivered_at FROM leads"  # noqa: S608
-            f" WHERE {column} <= ? ORDER BY {column} LIMIT ?",
-            (now, limit - len(out.claimed)),
+            f" WHERE {where} ORDER BY {column} LIMIT ?",
+            (*params, limit - len(out.claimed)),
         ).fetchall()
         if not leads:
             break
@@ -179,6 +193,32 @@ def claim_due(
         (now,),
     ).fetchone()
     return Claim(out.claimed, out.superseded, out.stale, next_due_at)
+
+
+def expire_pending(
+    conn: sqlite3.Connection,
+    account_id: int,
+    created_before: float,
+    now: float,
+    reason: str,
+    http_status: int | None,
+    epoch: int,
+) -> list[QueuedTransition]:
+    """Dead-letter an account's pending transitions created before `created_before`."""
+    check_epoch(conn, epoch)
+    rows = conn.execute(
+        f"SELECT {QUEUED} {FROM} WHERE t.account_id = ? AND t.state = 'pending'"
+        " AND t.created_at < ?",
+        (account_id, created_before),
+    ).fetchall()
+    expired = [queued(row) for row in rows]
+    conn.executemany(
+        "UPDATE transitions SET state = 'dead', settled_at = ?, next_attempt_at = NULL,"
+        " reason = ?, http_status = ? WHERE id = ?",
+        [(now, text(reason), http_status, t.id) for t in expired],
+    )
+    refresh_leads(conn, {(t.account_id, t.lead_id) for t in expired})
+    return expired
 
 
 def recover_claims(conn: sqlite3.Connection, epoch: int) -> int:

@@ -26,7 +26,7 @@ import os
 import shutil
 import sqlite3
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any, Final, TypeVar
@@ -38,6 +38,7 @@ from bridge.store.base import (
     Claim,
     IngestResult,
     LedgerEntry,
+    QueuedTransition,
     Stats,
     StoredEvent,
 )
@@ -266,9 +267,47 @@ class SqliteStore:
     async def recover_claims(self, *, epoch: int) -> int:
         return await self._w().submit("recover_claims", partial(q.recover_claims, epoch=epoch))
 
-    async def claim_due(self, now: float, limit: int, *, coalesce: bool, epoch: int) -> Claim:
-        work = partial(q.claim_due, now=now, limit=limit, coalesce=coalesce, epoch=epoch)
+    async def claim_due(
+        self,
+        now: float,
+        limit: int,
+        *,
+        coalesce: bool,
+        epoch: int,
+        skip_accounts: Collection[int] = (),
+        only_account: int | None = None,
+    ) -> Claim:
+        work = partial(
+            q.claim_due,
+            now=now,
+            limit=limit,
+            coalesce=coalesce,
+            epoch=epoch,
+            skip_accounts=skip_accounts,
+            only_account=only_account,
+        )
         return await self._w().submit("claim_due", work)
+
+    async def expire_pending(
+        self,
+        account_id: int,
+        created_before: float,
+        now: float,
+        *,
+        reason: str,
+        http_status: int | None,
+        epoch: int,
+    ) -> list[QueuedTransition]:
+        work = partial(
+            q.expire_pending,
+            account_id=account_id,
+            created_before=created_before,
+            now=now,
+            reason=reason,
+            http_status=http_status,
+            epoch=epoch,
+        )
+        return await self._w().submit("expire_pending", work)
 
     async def _settle(
         self, op: str, transition_id: int, assignments: str, params: dict[str, Any], **kw: Any
