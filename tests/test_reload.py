@@ -6,6 +6,7 @@ drive one `Reloader` directly (its load still runs in a thread).
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -190,3 +191,12 @@ async def test_the_reload_counter_counts_each_outcome(reloader: Reloader) -> Non
     assert 'bridge_config_reloads_total{result="ok"} 1.0' in text
     assert 'bridge_config_reloads_total{result="failed"} 1.0' in text
     assert 'bridge_config_reloads_total{result="restart_required"} 1.0' in text
+
+
+async def test_the_thread_switch_interval_is_restored_after_every_load(reloader: Reloader) -> None:
+    interval = sys.getswitchinterval()
+    assert await reloader.reload("test") == "applied"
+    assert sys.getswitchinterval() == interval
+    edit(Path(reloader.config_path), "status: won", "status: nope")
+    assert await reloader.reload("test") == "failed"
+    assert sys.getswitchinterval() == interval
