@@ -17,7 +17,7 @@ from bridge.bundle import Bundle
 from bridge.errors import NotFound, PayloadTooLarge, RequestRejected, StorageError
 from bridge.metrics import Metrics
 from bridge.models import Outcome
-from bridge.sources.base import Answer, IngestSummary, Source, WebhookRequest
+from bridge.sources.base import Answer, IngestSummary, Source, WebhookRequest, clamped
 from bridge.store.base import Store
 
 log = structlog.get_logger("bridge.ingest")
@@ -127,6 +127,7 @@ async def handle_webhook(request: web.Request) -> web.StreamResponse:
         transitions=result.transitions,
         bytes=size,
         duration_ms=round((time.perf_counter() - started) * 1000, 2),
+        **clamped(events),
     )
     _notify(runtime, key, "ok", 200)
     return _respond(

@@ -282,7 +282,7 @@ class GenericSource(Source):
     def verify(self, request: WebhookRequest, now: float) -> None:
         self._verify(request, now)
 
-    def parse(self, request: WebhookRequest, received_at: float) -> list[Event]:
+    def split(self, request: WebhookRequest, received_at: float) -> list[Event]:
         payload = decode_body(request)
         headers = {
             k: v for k, v in request.safe_headers().items() if k not in self._credential_headers

@@ -98,7 +98,7 @@ class ShopifySource(Source):
             TRIGGERED_AT_HEADER: triggered,
         }
 
-    def parse(self, request: WebhookRequest, received_at: float) -> list[Event]:
+    def split(self, request: WebhookRequest, received_at: float) -> list[Event]:
         event_id = shopify_event_id(request)
         if event_id is None:
             raise BadRequest(f"missing {EVENT_ID_HEADERS[0]} header")

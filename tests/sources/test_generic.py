@@ -242,7 +242,7 @@ def test_occurred_at_accepts_epoch_seconds_milliseconds_or_iso_8601(
     value: object, expected: float
 ) -> None:
     source = generic(BASIC, occurred_at="{{ event.t }}")
-    [event] = source.parse(make_request(json.dumps({"t": value}).encode()), received_at=5.0)
+    [event] = source.split(make_request(json.dumps({"t": value}).encode()), received_at=5.0)
     assert event.occurred_at == expected
 
 
