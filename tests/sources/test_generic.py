@@ -255,6 +255,16 @@ def test_templates_can_read_headers_but_not_the_credential_header() -> None:
     assert dict(event.headers) == {"x-delivery": "dlv-7"}
 
 
+@pytest.mark.parametrize("key", ["event_id", "occurred_at"])
+def test_an_hmac_source_refuses_an_id_or_time_read_from_unsigned_headers(key: str) -> None:
+    errors = config_errors(
+        {"custom": {"verify": HMAC_HEX, "secret": SECRET, key: "{{ headers['x-delivery'] }}"}}
+    )
+    [message] = errors
+    assert f"key 'sources.custom.{key}': reads headers" in message
+    assert "which an hmac signature does not cover" in message
+
+
 def test_a_form_encoded_body_is_an_event_too() -> None:
     source = generic(BASIC, event_id="{{ event.id }}")
     request = make_request(b"id=f-1&status=won", content_type="application/x-www-form-urlencoded")
