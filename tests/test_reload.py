@@ -6,7 +6,11 @@ drive one `Reloader` directly (its load still runs in a thread).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import os
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -200,3 +204,50 @@ async def test_the_thread_switch_interval_is_restored_after_every_load(reloader:
     edit(Path(reloader.config_path), "status: won", "status: nope")
     assert await reloader.reload("test") == "failed"
     assert sys.getswitchinterval() == interval
+
+
+async def write_end(fifo: Path) -> int:
+    """The write end of `fifo` once a reader opened it: proof that a load is reading it."""
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            return os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+        except OSError:
+            assert time.monotonic() < deadline, "no load opened the pipe"
+            await asyncio.sleep(0.005)
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="holds a load with a named pipe")
+async def test_signals_during_a_load_make_one_more_load_after_it_never_a_second_at_once(
+    reloader: Reloader, tmp_path: Path
+) -> None:
+    path = Path(reloader.config_path)
+    (path.parent / "rules").mkdir()
+    gate = path.parent / "rules" / "gate.yaml"
+    gate.write_text("rules: []\n")
+    append(path, "  - include: rules/*.yaml\n")
+    assert await reloader.reload("test") == "applied"
+    os.mkfifo(tmp_path / "gate.fifo")
+    os.replace(tmp_path / "gate.fifo", gate)  # the next load blocks reading it
+    with structlog.testing.capture_logs() as logs:
+        task = asyncio.create_task(reloader.run())
+        try:
+            reloader.hangup()
+            pipe = await write_end(gate)
+            for _ in range(3):
+                reloader.hangup()  # while the held load runs: queued, not started
+            (tmp_path / "gate.txt").write_text("rules: []\n")
+            os.replace(tmp_path / "gate.txt", gate)
+            os.write(pipe, b"rules: []\n")
+            os.close(pipe)
+            while len([e for e in logs if e["event"] == "config.reloaded"]) < 2:
+                await asyncio.sleep(0.01)
+            # Nothing is pending: no signal left, and every file is as the last load saw it.
+            assert not reloader.files_changed()
+            assert not reloader._hangup.is_set()
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    triggers = [e["trigger"] for e in logs if e["event"].startswith("config.")]
+    assert triggers == ["sighup", "sighup"]
