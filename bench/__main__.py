@@ -5,6 +5,7 @@ python -m bench recovery [--pending 100000]
 python -m bench delivery rate|throughput [...]
 python -m bench rules_eval [--rules 100]
 python -m bench scaling [--workers 1,2,4] [--postgres DSN]
+python -m bench reload [--rows 1000000] [--rate 200] [--runs 3] [--bridge-src DIR]
 python -m bench all
 """
 
@@ -13,7 +14,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-SCENARIOS = ("ingest", "recovery", "delivery", "rules_eval", "scaling")
+SCENARIOS = ("ingest", "recovery", "delivery", "rules_eval", "scaling", "reload")
 # `all`: every scenario with its defaults; delivery's rate accuracy at both limits.
 ALL: tuple[tuple[str, list[str]], ...] = (
     ("ingest", []),
@@ -23,6 +24,7 @@ ALL: tuple[tuple[str, list[str]], ...] = (
     ("delivery", ["rate", "--rate", "100"]),
     ("rules_eval", []),
     ("scaling", []),
+    ("reload", []),
 )
 
 

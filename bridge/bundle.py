@@ -14,6 +14,7 @@ from pydantic import BaseModel, SecretStr
 
 from bridge.config import Config, LoadedConfig, load_config
 from bridge.errors import ConfigError, ConfigErrors
+from bridge.files import FileReads
 from bridge.rules import RuleSet, compile_rules
 from bridge.sources import build_sources
 from bridge.sources.base import Source
@@ -52,10 +53,13 @@ def _collect_secrets(value: Any, found: list[str]) -> None:
             _collect_secrets(v, found)
 
 
-def load_bundle(path: str | Path) -> Bundle:
-    """Load config, build sources and compile rules; every mistake in one ConfigErrors."""
+def load_bundle(path: str | Path, files: FileReads | None = None) -> Bundle:
+    """Load config, build sources and compile rules; every mistake in one ConfigErrors.
+
+    `files` is passed to `load_config`: what was read, and what need not be read again.
+    """
     try:
-        loaded = load_config(path)
+        loaded = load_config(path, files)
     except ConfigError as exc:
         raise ConfigErrors([exc]) from exc
     errors: list[ConfigError] = []

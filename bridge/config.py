@@ -6,7 +6,9 @@ the file, the rule and the key. Nothing reads `os.environ` after this module ret
 
 from __future__ import annotations
 
+import csv
 import glob
+import io
 import os
 import re
 from collections.abc import Mapping
@@ -21,11 +23,13 @@ from pydantic import (
     Field,
     PositiveInt,
     SecretStr,
+    SkipValidation,
     ValidationError,
     field_validator,
 )
 
 from bridge.errors import ConfigError, ConfigErrors
+from bridge.files import FileReads
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
@@ -193,8 +197,10 @@ class LoadedConfig(BaseModel):
     path: str
     config: Config
     rules: list[LocatedRule]
-    lookups: dict[str, dict[str, str]]
-    files: list[str]  # every file read, for hot reload
+    # Built by `load_config` from checked CSVs; not validated again, because pydantic would
+    # walk every row of a large table while holding the GIL (the event loop waits).
+    lookups: SkipValidation[dict[str, dict[str, str]]]
+    files: FileReads  # every file read, fingerprinted before reading, for hot reload
 
 
 def interpolate(value: Any, *, file: str, path: str = "") -> Any:
@@ -259,7 +265,7 @@ def _pydantic_errors(
 
 
 def _collect_rules(
-    entries: list[Any], *, file: str, base: Path, errors: list[ConfigError], files: list[str]
+    entries: list[Any], *, file: str, base: Path, errors: list[ConfigError], files: FileReads
 ) -> list[LocatedRule]:
     rules: list[LocatedRule] = []
     for i, entry in enumerate(entries):
@@ -287,11 +293,10 @@ def _collect_rules(
 
 
 def _load_rule_file(
-    path: Path, *, errors: list[ConfigError], files: list[str]
+    path: Path, *, errors: list[ConfigError], files: FileReads
 ) -> list[LocatedRule]:
-    files.append(str(path))
     try:
-        data = interpolate(read_yaml(path), file=str(path))
+        data = interpolate(files.parse(path, read_yaml), file=str(path))
     except ConfigError as exc:
         errors.append(exc)
         return []
@@ -311,31 +316,51 @@ def _load_rule_file(
     return _collect_rules(entries, file=str(path), base=path.parent, errors=errors, files=files)
 
 
+def read_lookup_csv(path: Path) -> dict[str, str]:
+    """A CSV with a `key,value` header (other columns ignored) as a table.
+
+    The file is read whole before parsing: hot reload parses it in a thread, and a thread
+    that gives up the GIL for every small read wins it back before the event loop can
+    take it (webhook answers stalled for 0.1-0.5 s); pure computation is preempted every
+    5 ms instead. A mistake is a `ConfigError` naming the file and line.
+    """
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"not UTF-8 text (byte {exc.start})", file=str(path)) from exc
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    try:
+        header = next(reader, [])
+        if "key" not in header or "value" not in header:
+            raise ConfigError("a lookup CSV needs a header `key,value`", file=str(path))
+        key, value = header.index("key"), header.index("value")
+        width = max(key, value) + 1
+        table: dict[str, str] = {}
+        for row in reader:
+            if len(row) >= width:
+                table[row[key]] = row[value]
+            elif row:  # a blank line is no row, as in csv.DictReader
+                missing = header[width - 1]
+                raise ConfigError(f"line {reader.line_num}: no {missing} column", file=str(path))
+    except csv.Error as exc:
+        raise ConfigError(f"line {reader.line_num}: {exc}", file=str(path)) from exc
+    return table
+
+
 def _load_lookups(
     lookups: Mapping[str, LookupFile | dict[str, Any]],
     *,
     file: str,
     base: Path,
     errors: list[ConfigError],
-    files: list[str],
+    files: FileReads,
 ) -> dict[str, dict[str, str]]:
-    import csv
-
     tables: dict[str, dict[str, str]] = {}
     for name, spec in lookups.items():
         if isinstance(spec, LookupFile):
             path = base / spec.file
-            files.append(str(path))
             try:
-                with path.open(newline="", encoding="utf-8") as fh:
-                    reader = csv.DictReader(fh)
-                    if reader.fieldnames is None or not {"key", "value"} <= set(reader.fieldnames):
-                        raise ConfigError(
-                            "a lookup CSV needs a header `key,value`",
-                            file=str(path),
-                            key=f"lookups.{name}",
-                        )
-                    tables[name] = {row["key"]: row["value"] for row in reader}
+                tables[name] = files.parse(path, read_lookup_csv)
             except OSError as exc:
                 errors.append(
                     ConfigError(
@@ -343,27 +368,39 @@ def _load_lookups(
                     )
                 )
             except ConfigError as exc:
+                exc.key = f"lookups.{name}"
                 errors.append(exc)
         else:
             tables[name] = {str(k): "" if v is None else str(v) for k, v in spec.items()}
     return tables
 
 
-def load_config(path: str | Path) -> LoadedConfig:
-    """Read, interpolate and validate bridge.yaml with its rule includes and lookup files."""
+def load_config(path: str | Path, files: FileReads | None = None) -> LoadedConfig:
+    """Read, interpolate and validate bridge.yaml with its rule includes and lookup files.
+
+    `files` records what was read (also when loading fails); pass one made with
+    `FileReads(reuse=...)` to skip parsing files that did not change since then.
+    """
     path = Path(path)
     file = str(path)
-    raw = interpolate(read_yaml(path), file=file)
-    if not isinstance(raw, Mapping):
-        raise ConfigError("the top level must be a mapping", file=file)
+    files = FileReads() if files is None else files
     try:
-        config = Config.model_validate(dict(raw))
-    except ValidationError as exc:
-        raise ConfigErrors(_pydantic_errors(exc, file=file)) from exc
-    errors: list[ConfigError] = []
-    files = [file]
-    rules = _collect_rules(config.rules, file=file, base=path.parent, errors=errors, files=files)
-    lookups = _load_lookups(config.lookups, file=file, base=path.parent, errors=errors, files=files)
+        raw = interpolate(files.parse(path, read_yaml), file=file)
+        if not isinstance(raw, Mapping):
+            raise ConfigError("the top level must be a mapping", file=file)
+        try:
+            config = Config.model_validate(dict(raw))
+        except ValidationError as exc:
+            raise ConfigErrors(_pydantic_errors(exc, file=file)) from exc
+        errors: list[ConfigError] = []
+        rules = _collect_rules(
+            config.rules, file=file, base=path.parent, errors=errors, files=files
+        )
+        lookups = _load_lookups(
+            config.lookups, file=file, base=path.parent, errors=errors, files=files
+        )
+    finally:
+        files.done()
     if errors:
         raise ConfigErrors(errors)
     return LoadedConfig(path=file, config=config, rules=rules, lookups=lookups, files=files)

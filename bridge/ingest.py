@@ -14,7 +14,7 @@ from aiohttp import web
 from bridge.errors import NotFound, PayloadTooLarge, RequestRejected, StorageError
 from bridge.models import Outcome
 from bridge.runtime import RUNTIME, Runtime
-from bridge.sources.base import Answer, IngestSummary, Source, WebhookRequest
+from bridge.sources.base import Answer, IngestSummary, Source, WebhookRequest, clamped
 
 log = structlog.get_logger("bridge.ingest")
 
@@ -107,6 +107,7 @@ async def handle_webhook(request: web.Request) -> web.StreamResponse:
         transitions=result.transitions,
         bytes=size,
         duration_ms=round((time.perf_counter() - started) * 1000, 2),
+        **clamped(events),
     )
     _notify(runtime, key, "ok", 200)
     return _respond(

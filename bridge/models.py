@@ -30,8 +30,9 @@ class Event:
     """One provider event, split out of a verified request.
 
     Times are POSIX seconds (UTC). `occurred_at` is the provider's own time of the
-    event, or `received_at` when the provider gives none. `headers` are the request's
-    headers with lower-cased names and credentials removed.
+    event, or `received_at` when the provider gives none or gives one too far in the
+    future (then `claimed_at` keeps what it gave; see `bridge/sources/base.py`).
+    `headers` are the request's headers with lower-cased names and credentials removed.
     """
 
     source: str
@@ -40,6 +41,7 @@ class Event:
     received_at: float
     payload: Any
     headers: Mapping[str, str] = field(default_factory=dict)
+    claimed_at: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -176,6 +176,36 @@ def test_a_lookup_csv_without_its_header_is_refused(
         load_config(path)
 
 
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"key,value\n9001,42\n9002\n", "line 3: no value column"),
+        (b"key,value\n9001,\xff\n", "not UTF-8 text"),
+        (b'key,value\n"9001"x,42\n', "line 2: ',' expected after"),
+    ],
+)
+def test_a_malformed_lookup_csv_is_refused_naming_file_line_and_table(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, content: bytes, message: str
+) -> None:
+    monkeypatch.setenv("TEST_VOXYS_TOKEN", "x")
+    (tmp_path / "deals.csv").write_bytes(content)
+    path = write(tmp_path, MINIMAL + "lookups: {deals: {file: deals.csv}}\n")
+    with pytest.raises(ConfigErrors) as caught:
+        load_config(path)
+    [error] = caught.value.errors
+    assert message in str(error)
+    assert (error.file, error.key) == (str(tmp_path / "deals.csv"), "lookups.deals")
+
+
+def test_a_lookup_csv_takes_its_columns_by_header_name_and_skips_blank_lines(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TEST_VOXYS_TOKEN", "x")
+    (tmp_path / "deals.csv").write_text("note,value,key\nfirst,42,9001\n\nsecond,43,9002\n")
+    path = write(tmp_path, MINIMAL + "lookups: {deals: {file: deals.csv}}\n")
+    assert load_config(path).lookups == {"deals": {"9001": "42", "9002": "43"}}
+
+
 def test_a_long_value_under_the_wrong_key_is_not_quoted_back(tmp_path: Path) -> None:
     # A secret pasted into a duration field must not reach the logs via the error.
     secret = "sk_live_51NzQv8Lk0pQrStUvWxYz"

@@ -2,14 +2,16 @@
 
 Everything here is pure: bytes, dicts and a clock value in, events or errors out.
 The aiohttp edge (`bridge/ingest.py`) builds a `WebhookRequest` and calls, in order,
-`verify`, then `parse`, then `acknowledge` once the events are stored.
+`verify`, then `parse`, then `acknowledge` once the events are stored. A provider
+module implements `split`; `parse` is `split` with every event's time bounded.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 from urllib.parse import parse_qs
@@ -21,6 +23,16 @@ from bridge.models import Event
 
 # Headers that carry credentials: verified, never stored with an event nor logged.
 SENSITIVE_HEADER_PARTS = ("authorization", "cookie", "signature", "token", "secret", "api-key")
+
+# How far an event's own time may lie past its arrival before it is not believed.
+# The newest event of a lead wins, so a time in the future (a drifted clock, or one
+# forged where a provider leaves it unsigned) would make every genuine event until
+# then `stale`. Clocks kept by NTP agree within milliseconds; 5 s absorbs a drifted one
+# many times over and stays far below how fast a lead's status really changes (minutes),
+# so a believed-but-wrong time can outrank five seconds of genuine events at most. Past
+# it the event is ordered by when it arrived, the best time we know; the webhook's log
+# line counts it (`clamped`), so a clock that drifted shows at once.
+FUTURE_SKEW_S = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,9 +129,21 @@ class Source(ABC):
         """The query string a genuine sender uses: some carry a token there (Salesforce)."""
         return query_string
 
-    @abstractmethod
     def parse(self, request: WebhookRequest, received_at: float) -> list[Event]:
-        """Split a verified request into events; raise `BadRequest` when it is malformed."""
+        """Split a verified request into events, none claiming a time past its arrival.
+
+        What ingest and dry-run call, so that every source's events pass `bounded`.
+        """
+        return [bounded(event) for event in self.split(request, received_at)]
+
+    @abstractmethod
+    def split(self, request: WebhookRequest, received_at: float) -> list[Event]:
+        """The events the request states, as it states them; `BadRequest` when malformed.
+
+        Order and identity must come from what the signature covers (see
+        docs/providers.md): an id or a time from an unsigned header lets anyone who
+        captured one request make a new event of it, or date it in the future.
+        """
 
     def reject(self, error: RequestRejected) -> Answer:
         """The 4xx answer to a request this source refused (a JSON error by default)."""
@@ -130,6 +154,21 @@ class Source(ABC):
         """The 2xx answer sent once the request's events are committed."""
         body = {"ok": True, "events": summary.events, "duplicates": summary.duplicates}
         return Answer(body=json.dumps(body).encode())
+
+
+def bounded(event: Event) -> Event:
+    """`event`, or a copy ordered by arrival when it claims a time over FUTURE_SKEW_S ahead."""
+    if event.occurred_at <= event.received_at + FUTURE_SKEW_S:
+        return event
+    return dataclasses.replace(event, occurred_at=event.received_at, claimed_at=event.occurred_at)
+
+
+def clamped(events: Iterable[Event]) -> dict[str, Any]:
+    """Fields for a webhook's log line: how many events had their time clamped, by how much."""
+    ahead = [e.claimed_at - e.received_at for e in events if e.claimed_at is not None]
+    if not ahead:
+        return {}
+    return {"clamped": len(ahead), "clamped_ahead_s": round(max(ahead), 1)}
 
 
 def decode_body(request: WebhookRequest) -> Any:

@@ -29,7 +29,7 @@ class ChargebeeSource(BasicAuthSource):
     preset: ClassVar[str] = "chargebee"
     settings_model: ClassVar[type[SourceSettings]] = ChargebeeSettings
 
-    def parse(self, request: WebhookRequest, received_at: float) -> list[Event]:
+    def split(self, request: WebhookRequest, received_at: float) -> list[Event]:
         payload = decode_object(request, "Chargebee event")
         event_id = id_text(payload.get("id"))
         if event_id is None:

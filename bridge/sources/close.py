@@ -91,7 +91,7 @@ class CloseSource(Source):
         signature = hmac_digest(self._keys[0], timestamp.encode("ascii") + body).hex()
         return {"Content-Type": content_type, TIMESTAMP_HEADER: timestamp, HASH_HEADER: signature}
 
-    def parse(self, request: WebhookRequest, received_at: float) -> list[Event]:
+    def split(self, request: WebhookRequest, received_at: float) -> list[Event]:
         payload = decode_body(request)
         if not isinstance(payload, dict) or not isinstance(payload.get("event"), dict):
             raise BadRequest("Close payload is not an object with an event")

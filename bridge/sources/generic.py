@@ -26,7 +26,10 @@ accepts anyone and is refused unless `allow_unsigned: true`.
 `sign` (for `voxys-bridge send`) returns headers only; a token carried in the query is
 added by `signed_query`, which a sender applies to the query string before signing.
 
-Templates see `event` (the decoded body) and `headers` (without credentials).
+Templates see `event` (the decoded body) and `headers` (without credentials). With
+`hmac`, `event_id` and `occurred_at` may not read `headers`: the signature covers the body
+(and the timestamp header's value), never the other headers. With `basic`, `token` or
+`none` nothing is signed; whoever holds the credential can send any body and headers.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from typing import Annotated, Any, ClassVar, Literal
 from urllib.parse import parse_qs, urlencode
 
 import jinja2
+from jinja2 import meta
 from jinja2.sandbox import SandboxedEnvironment
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -134,6 +138,21 @@ def compile_signed(template: str) -> list[str | tuple[str]]:
 _env = SandboxedEnvironment(autoescape=False)
 
 
+def _refuse_unsigned_identity(settings: GenericSettings) -> None:
+    """An `hmac` signature covers the body (and the timestamp header's value), never the
+    other headers: an id or a time read from them would let a captured request be
+    replayed as a new event, or dated in the future. Without `event_id` the id is the
+    body's SHA-256; without `occurred_at` the time is the time of receipt."""
+    for key, template in (("event_id", settings.event_id), ("occurred_at", settings.occurred_at)):
+        if template and "headers" in meta.find_undeclared_variables(_env.parse(template)):
+            raise ConfigError(
+                "reads headers, which an hmac signature does not cover; read the signed "
+                f"body (event.…) or remove {key} to use the "
+                + ("body's SHA-256" if key == "event_id" else "time of receipt"),
+                key=key,
+            )
+
+
 def _compile(source: str, key: str) -> jinja2.Template:
     try:
         return _env.from_string(source)
@@ -158,6 +177,8 @@ class GenericSource(Source):
         self._occurred_at = (
             _compile(settings.occurred_at, "occurred_at") if settings.occurred_at else None
         )
+        if isinstance(settings.verify, HmacVerify):
+            _refuse_unsigned_identity(settings)
         # Headers that carry this source's credentials, never stored with an event.
         self._credential_headers = {
             h.lower() for h in (getattr(settings.verify, "header", None),) if isinstance(h, str)
@@ -282,7 +303,7 @@ class GenericSource(Source):
     def verify(self, request: WebhookRequest, now: float) -> None:
         self._verify(request, now)
 
-    def parse(self, request: WebhookRequest, received_at: float) -> list[Event]:
+    def split(self, request: WebhookRequest, received_at: float) -> list[Event]:
         payload = decode_body(request)
         headers = {
             k: v for k, v in request.safe_headers().items() if k not in self._credential_headers

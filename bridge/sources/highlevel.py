@@ -173,7 +173,7 @@ class HighLevelSource(Source):
         signature = base64.b64encode(self._private.sign(body)).decode("ascii")
         return {"Content-Type": content_type, HEADER: signature}
 
-    def parse(self, request: WebhookRequest, received_at: float) -> list[Event]:
+    def split(self, request: WebhookRequest, received_at: float) -> list[Event]:
         payload = decode_object(request, "HighLevel event")
         # Workflow webhooks may lack a webhookId; the body hash still deduplicates retries.
         event_id = id_text(payload.get("webhookId")) or body_sha256(request.body)

@@ -134,7 +134,7 @@ class HubSpotSource(Source):
             TIMESTAMP_HEADER: timestamp,
         }
 
-    def parse(self, request: WebhookRequest, received_at: float) -> list[Event]:
+    def split(self, request: WebhookRequest, received_at: float) -> list[Event]:
         payload = decode_body(request)
         if not isinstance(payload, list):
             raise BadRequest("HubSpot body is not a JSON array of events")

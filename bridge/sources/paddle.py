@@ -88,7 +88,7 @@ class PaddleSource(Source):
         signature = hmac_digest(self._keys[0], signed_content(timestamp, body)).hex()
         return {"Content-Type": content_type, HEADER: f"ts={timestamp};h1={signature}"}
 
-    def parse(self, request: WebhookRequest, received_at: float) -> list[Event]:
+    def split(self, request: WebhookRequest, received_at: float) -> list[Event]:
         payload = decode_object(request, "Paddle event")
         event_id = id_text(payload.get("event_id"))
         if event_id is None:

@@ -44,7 +44,7 @@ class PipedriveSource(BasicAuthSource):
     preset: ClassVar[str] = "pipedrive"
     settings_model: ClassVar[type[SourceSettings]] = PipedriveSettings
 
-    def parse(self, request: WebhookRequest, received_at: float) -> list[Event]:
+    def split(self, request: WebhookRequest, received_at: float) -> list[Event]:
         payload = decode_object(request, "Pipedrive webhook")
         meta = payload.get("meta")
         meta = meta if isinstance(meta, dict) else {}

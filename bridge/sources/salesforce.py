@@ -210,7 +210,7 @@ class SalesforceSource(Source):
         token = urlencode({QUERY_KEY: self._token.decode("utf-8")})
         return f"{query_string}&{token}" if query_string else token
 
-    def parse(self, request: WebhookRequest, received_at: float) -> list[Event]:
+    def split(self, request: WebhookRequest, received_at: float) -> list[Event]:
         message = read_message(self._xml(request))
         headers = request.safe_headers()
         return [

@@ -1,16 +1,24 @@
-"""Shopify webhooks: `X-Shopify-Hmac-Sha256` verification, the topic exposed to rules.
+"""Shopify webhooks: `X-Shopify-Hmac-Sha256` verification; id and time from the signed body.
 
-Follows Shopify's "Verify webhooks" (shopify.dev): `X-Shopify-Hmac-Sha256` is the
-base64 HMAC-SHA256 of the raw body keyed by the app's client secret (or, for a webhook
-made in the store admin, the signing key shown there). Nothing in the signature covers
-a time, so there is no freshness check; replays are dropped by event id.
+Follows Shopify's "Verify webhook deliveries" (shopify.dev): `X-Shopify-Hmac-Sha256` is
+the base64 HMAC-SHA256 of the raw body keyed by the app's client secret (or, for a
+webhook made in the store admin, the signing key shown there). The HMAC covers the body
+and nothing else: no time (so there is no freshness check) and none of the other
+headers ("Webhooks delivery structure": `X-Shopify-Topic`, `-Event-Id`, `-Webhook-Id`,
+`-Triggered-At`, `-Shop-Domain`, `-API-Version`).
 
-Shopify's "Ignore duplicate webhooks" names `X-Shopify-Event-Id` as the dedupe key
-(`X-Shopify-Webhook-Id` is the fallback for deliveries without it). One change can fire
-several topics (`orders/paid` and `orders/updated`), so the id is scoped by
-`X-Shopify-Topic`: one topic's delivery never hides another's. The body is the resource
-itself (an order, a customer), so rules read the topic as
-`headers['x-shopify-topic']`; `X-Shopify-Triggered-At` is when the event happened.
+So nothing unsigned decides identity or order. Anyone holding one captured request could
+otherwise replay it with a new `X-Shopify-Event-Id` (a new event) and
+`X-Shopify-Triggered-At: 2099-…` (newer than anything genuine: the lead frozen).
+
+- The id is `<topic>:<SHA-256 of the body>`: Shopify resends a delivery with the same
+  body, so a retry is a duplicate; one change firing two topics (`orders/paid` and
+  `orders/updated`, identical bodies) stays two events. The topic scopes the id only:
+  a replay under another topic is stored, but dated by its body, and rules should
+  decide on body fields (`event.financial_status`, `event.cancelled_at`), never on the
+  topic alone.
+- The time is the resource's own `updated_at`, else `created_at` (the body is the
+  resource: an order, a customer), else the time of receipt.
 """
 
 from __future__ import annotations
@@ -20,10 +28,10 @@ import hashlib
 from datetime import UTC, datetime
 from typing import ClassVar
 
-from bridge.errors import BadRequest, Unauthorized
+from bridge.errors import Unauthorized
 from bridge.models import Event
 from bridge.sources.base import Source, SourceSettings, WebhookRequest, decode_object
-from bridge.sources.fields import occurred_at
+from bridge.sources.fields import body_sha256, epoch_seconds
 from bridge.sources.signing import (
     Secrets,
     decode_signature,
@@ -34,9 +42,10 @@ from bridge.sources.signing import (
 )
 
 HMAC_HEADER = "X-Shopify-Hmac-Sha256"
-EVENT_ID_HEADERS = ("X-Shopify-Event-Id", "X-Shopify-Webhook-Id")
 TOPIC_HEADER = "X-Shopify-Topic"
-TRIGGERED_AT_HEADER = "X-Shopify-Triggered-At"
+EVENT_ID_HEADER = "X-Shopify-Event-Id"  # sent by `sign`, as Shopify does; never trusted
+TRIGGERED_AT_HEADER = "X-Shopify-Triggered-At"  # the same
+TIME_FIELDS = ("updated_at", "created_at")  # the resource's own, in the signed body
 
 
 class ShopifySettings(SourceSettings):
@@ -45,14 +54,20 @@ class ShopifySettings(SourceSettings):
     secret: Secrets
 
 
-def shopify_event_id(request: WebhookRequest) -> str | None:
-    """The dedupe id: `<topic>:<event id>`, or the bare event id when no topic is sent."""
-    for name in EVENT_ID_HEADERS:
-        value = (request.header(name) or "").strip()
-        if value:
-            topic = (request.header(TOPIC_HEADER) or "").strip()
-            return f"{topic}:{value}" if topic else value
-    return None
+def shopify_event_id(request: WebhookRequest) -> str:
+    """The dedupe id: `<topic>:<SHA-256 of the body>`, or the bare digest without a topic."""
+    digest = body_sha256(request.body)
+    topic = (request.header(TOPIC_HEADER) or "").strip()
+    return f"{topic}:{digest}" if topic else digest
+
+
+def resource_time(payload: dict[str, object], received_at: float) -> float:
+    """The resource's `updated_at`, else its `created_at`, else `received_at`."""
+    for name in TIME_FIELDS:
+        seconds = epoch_seconds(payload.get(name))
+        if seconds is not None:
+            return seconds
+    return received_at
 
 
 class ShopifySource(Source):
@@ -86,30 +101,27 @@ class ShopifySource(Source):
     ) -> dict[str, str]:
         """The HMAC, event id and trigger time headers Shopify sends, under the first secret.
 
-        The event id is derived from the body, so re-sending the same payload is a
-        redelivery of one event. No topic is sent: the signer does not know it.
+        The id and time headers are sent for realism only; `split` ignores them. No
+        topic is sent: the signer does not know it.
         """
         signature = base64.b64encode(hmac_digest(self._keys[0], body)).decode("ascii")
         triggered = datetime.fromtimestamp(now, tz=UTC).isoformat().replace("+00:00", "Z")
         return {
             "Content-Type": content_type,
             HMAC_HEADER: signature,
-            EVENT_ID_HEADERS[0]: "evt-" + hashlib.sha256(body).hexdigest()[:32],
+            EVENT_ID_HEADER: "evt-" + hashlib.sha256(body).hexdigest()[:32],
             TRIGGERED_AT_HEADER: triggered,
         }
 
-    def parse(self, request: WebhookRequest, received_at: float) -> list[Event]:
-        event_id = shopify_event_id(request)
-        if event_id is None:
-            raise BadRequest(f"missing {EVENT_ID_HEADERS[0]} header")
+    def split(self, request: WebhookRequest, received_at: float) -> list[Event]:
         payload = decode_object(request, "Shopify payload")
         # The HMAC header's name has no word the generic filter knows; it is not kept.
         headers = {k: v for k, v in request.safe_headers().items() if k != HMAC_HEADER.lower()}
         return [
             Event(
                 source=self.key,
-                event_id=event_id,
-                occurred_at=occurred_at(request.header(TRIGGERED_AT_HEADER), received_at),
+                event_id=shopify_event_id(request),
+                occurred_at=resource_time(payload, received_at),
                 received_at=received_at,
                 payload=payload,
                 headers=headers,

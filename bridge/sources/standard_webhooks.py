@@ -128,7 +128,7 @@ class StandardWebhooksSource(Source):
             "webhook-signature": f"v1,{signature}",
         }
 
-    def parse(self, request: WebhookRequest, received_at: float) -> list[Event]:
+    def split(self, request: WebhookRequest, received_at: float) -> list[Event]:
         msg_id = request.header(f"{header_prefix(request)}-id")
         if msg_id is None or not msg_id.strip():
             raise BadRequest("missing webhook-id header")

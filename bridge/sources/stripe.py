@@ -83,7 +83,7 @@ class StripeSource(Source):
         signature = hmac_digest(self._keys[0], f"{timestamp}.".encode() + body).hex()
         return {"Content-Type": content_type, HEADER: f"t={timestamp},v1={signature}"}
 
-    def parse(self, request: WebhookRequest, received_at: float) -> list[Event]:
+    def split(self, request: WebhookRequest, received_at: float) -> list[Event]:
         payload = decode_object(request, "Stripe event")
         event_id = id_text(payload.get("id"))
         if event_id is None:

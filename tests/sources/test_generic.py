@@ -242,7 +242,7 @@ def test_occurred_at_accepts_epoch_seconds_milliseconds_or_iso_8601(
     value: object, expected: float
 ) -> None:
     source = generic(BASIC, occurred_at="{{ event.t }}")
-    [event] = source.parse(make_request(json.dumps({"t": value}).encode()), received_at=5.0)
+    [event] = source.split(make_request(json.dumps({"t": value}).encode()), received_at=5.0)
     assert event.occurred_at == expected
 
 
@@ -253,6 +253,16 @@ def test_templates_can_read_headers_but_not_the_credential_header() -> None:
     [event] = source.parse(make_request(BODY, headers), received_at=NOW)
     assert event.event_id == "dlv-7"
     assert dict(event.headers) == {"x-delivery": "dlv-7"}
+
+
+@pytest.mark.parametrize("key", ["event_id", "occurred_at"])
+def test_an_hmac_source_refuses_an_id_or_time_read_from_unsigned_headers(key: str) -> None:
+    errors = config_errors(
+        {"custom": {"verify": HMAC_HEX, "secret": SECRET, key: "{{ headers['x-delivery'] }}"}}
+    )
+    [message] = errors
+    assert f"key 'sources.custom.{key}': reads headers" in message
+    assert "which an hmac signature does not cover" in message
 
 
 def test_a_form_encoded_body_is_an_event_too() -> None:

@@ -88,7 +88,7 @@ def test_a_v2_event_is_identified_by_meta_id_and_timed_by_meta_timestamp() -> No
 def test_a_v2_event_with_numeric_meta_fields_is_read() -> None:
     payload = json.loads(V2)
     payload["meta"].update(id=1, timestamp=1727447128)
-    [event] = source().parse(make_request(json.dumps(payload).encode()), received_at=NOW)
+    [event] = source().split(make_request(json.dumps(payload).encode()), received_at=NOW)
     assert (event.event_id, event.occurred_at) == ("1", 1727447128.0)
 
 

@@ -160,7 +160,7 @@ def test_the_session_id_is_in_no_event() -> None:
 
 
 def test_occurred_at_is_the_last_modified_date_or_else_the_receive_time() -> None:
-    won, lost = source().parse(posted(), received_at=T)
+    won, lost = source().split(posted(), received_at=T)
     assert (won.occurred_at, lost.occurred_at) == (T, T + 90)
     body = BODY.replace(b"LastModifiedDate>", b"CloseDate>")
     assert {e.occurred_at for e in source().parse(posted(body), received_at=5.0)} == {5.0}

@@ -84,19 +84,37 @@ def test_during_a_secret_rotation_both_secrets_are_accepted() -> None:
     rolling.verify(delivered(secret=SECRET), T)
 
 
+def digest(body: bytes = BODY) -> str:
+    return hashlib.sha256(body).hexdigest()
+
+
 def test_what_the_source_signs_it_verifies_and_parses() -> None:
     headers = source().sign(BODY, now=T + 0.5, path="/webhooks/shopify")
     assert headers["X-Shopify-Hmac-Sha256"] == hmac_b64(BODY, SECRET)
     request = make_request(BODY, headers)
     source().verify(request, T)
     [event] = source().parse(request, received_at=T + 9)
-    assert event.occurred_at == T + 0.5
-    assert event.event_id == source().sign(BODY, now=T + 60, path="/x")["X-Shopify-Event-Id"]
+    assert (event.event_id, event.occurred_at) == (digest(), T)
 
 
-def test_the_event_id_is_the_event_id_header_scoped_by_topic() -> None:
+def test_the_event_id_is_a_digest_of_the_signed_body_scoped_by_topic() -> None:
     [event] = source().parse(delivered(), received_at=T)
-    assert event.event_id == f"orders/paid:{EVENT_ID}"
+    assert event.event_id == f"orders/paid:{digest()}"
+
+
+def test_the_unsigned_id_and_time_headers_decide_nothing() -> None:
+    # A captured request replayed with a new event id and a trigger time in 2099.
+    replayed = delivered(
+        **{
+            "X-Shopify-Event-Id": "forged-0001",
+            "X-Shopify-Webhook-Id": "forged-0002",
+            "X-Shopify-Triggered-At": "2099-01-01T00:00:00Z",
+        }
+    )
+    [genuine] = source().parse(delivered(), received_at=T + 5)
+    [replay] = source().parse(replayed, received_at=T + 3600)
+    assert replay.event_id == genuine.event_id
+    assert replay.occurred_at == genuine.occurred_at == T
 
 
 def test_one_change_firing_two_topics_gives_two_events() -> None:
@@ -105,14 +123,9 @@ def test_one_change_firing_two_topics_gives_two_events() -> None:
     assert paid.event_id != updated.event_id
 
 
-def test_without_an_event_id_header_the_webhook_id_is_used() -> None:
-    [event] = source().parse(delivered(**{"X-Shopify-Event-Id": ""}), received_at=T)
-    assert event.event_id == f"orders/paid:{WEBHOOK_ID}"
-
-
-def test_without_any_id_header_the_request_is_a_bad_request() -> None:
-    request = delivered(**{"X-Shopify-Event-Id": "", "X-Shopify-Webhook-Id": ""})
-    assert rejected(BadRequest, source(), request) == "missing X-Shopify-Event-Id header"
+def test_without_a_topic_the_id_is_the_bare_digest() -> None:
+    [event] = source().parse(delivered(**{"X-Shopify-Topic": ""}), received_at=T)
+    assert event.event_id == digest()
 
 
 def test_rules_see_the_topic_in_the_headers_but_not_the_signature() -> None:
@@ -122,16 +135,27 @@ def test_rules_see_the_topic_in_the_headers_but_not_the_signature() -> None:
     assert "x-shopify-hmac-sha256" not in event.headers
 
 
-def test_the_time_is_the_triggered_at_header_and_the_payload_the_body() -> None:
+def test_the_time_is_the_resources_updated_at_and_the_payload_the_body() -> None:
     [event] = source().parse(delivered(), received_at=T + 5)
-    assert event.occurred_at == T + 0.5
+    assert event.occurred_at == T  # "updated_at": "2024-08-23T15:20:00+02:00"
     assert (event.received_at, event.payload) == (T + 5, json.loads(BODY))
 
 
-@pytest.mark.parametrize("triggered", ["", "yesterday"])
-def test_a_missing_or_garbage_triggered_at_falls_back_to_the_receive_time(triggered: str) -> None:
-    [event] = source().parse(delivered(**{"X-Shopify-Triggered-At": triggered}), received_at=T)
-    assert event.occurred_at == T
+@pytest.mark.parametrize(
+    ("fields", "expected"),
+    [
+        ({"created_at": "2024-08-23T13:19:30Z"}, T - 30),
+        ({"updated_at": "garbage", "created_at": "2024-08-23T13:19:30Z"}, T - 30),
+        ({}, T + 5),
+        ({"updated_at": None}, T + 5),
+    ],
+)
+def test_without_updated_at_the_time_is_created_at_or_else_the_receive_time(
+    fields: dict[str, object], expected: float
+) -> None:
+    body = json.dumps({"id": 1, **fields}).encode()
+    [event] = source().parse(delivered(body), received_at=T + 5)
+    assert event.occurred_at == expected
 
 
 @pytest.mark.parametrize(

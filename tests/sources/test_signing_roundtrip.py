@@ -212,7 +212,7 @@ def test_a_source_without_a_signer_says_its_preset_cannot_sign() -> None:
         def verify(self, request: WebhookRequest, now: float) -> None:
             return None
 
-        def parse(self, request: WebhookRequest, received_at: float) -> list[Event]:
+        def split(self, request: WebhookRequest, received_at: float) -> list[Event]:
             return []
 
     source = Unsigned("paddle", SourceSettings(), public_url=PUBLIC_URL)

@@ -156,7 +156,7 @@ def test_a_missing_or_garbage_created_falls_back_to_the_receive_time(created: ob
 
 def test_a_thin_event_with_an_iso_created_is_read() -> None:
     body = json.dumps({"id": "evt_2", "created": "2024-08-23T13:20:00.500Z"}).encode()
-    [event] = source().parse(make_request(body), received_at=0.0)
+    [event] = source().split(make_request(body), received_at=0.0)
     assert event.occurred_at == T + 0.5
 
 
