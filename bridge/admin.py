@@ -19,6 +19,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, model_validator
 
+from bridge import validation
 from bridge.errors import BadRequest, RequestRejected, StorageError
 from bridge.ingest import RUNTIME, Runtime
 from bridge.models import Evaluation, Event, Outcome
@@ -49,7 +50,8 @@ class RetryRequest(_Body):
 
 
 class ReplayRequest(_Body):
-    """Events by primary key, or every event with an outcome received since a time."""
+    """Events by primary key, or every event with an outcome (received since a time, when
+    `since` is given; all of them otherwise)."""
 
     ids: list[StrictInt] | None = Field(default=None, min_length=1)
     outcome: Literal["unmapped", "ignored"] | None = None
@@ -59,9 +61,9 @@ class ReplayRequest(_Body):
     def _one_selection(self) -> ReplayRequest:
         by_query = self.outcome is not None or self.since is not None
         if self.ids is not None and by_query:
-            raise ValueError("give either ids or outcome and since, not both")
-        if self.ids is None and (self.outcome is None or self.since is None):
-            raise ValueError("give ids, or both outcome and since")
+            raise ValueError("give either ids or an outcome, not both")
+        if self.ids is None and self.outcome is None:
+            raise ValueError("give ids, or an outcome (and optionally since)")
         return self
 
     @property
@@ -75,9 +77,12 @@ class ReplayRequest(_Body):
 def describe(exc: ValidationError) -> str:
     """A validation error as one line naming each field, never quoting the input."""
     parts = []
-    for error in exc.errors(include_input=False, include_url=False):
+    for error in exc.errors(include_url=False):
         where = ".".join(str(p) for p in error["loc"]) or "body"
-        parts.append(f"{where}: {error['msg']}")
+        text = validation.message(error)
+        if where == "body" and error["type"] == "model_type":
+            text = "must be a JSON object"
+        parts.append(f"{where}: {text}")
     return "; ".join(parts)
 
 

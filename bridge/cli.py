@@ -15,9 +15,9 @@ DEFAULT_CONFIG = "config/bridge.yaml"
 T = TypeVar("T")
 
 
-def _load(path: str, err: TextIO) -> Bundle | None:
+def _load(path: str, err: TextIO, *, for_dry_run: bool = False) -> Bundle | None:
     try:
-        return load_bundle(path)
+        return load_bundle(path, for_dry_run=for_dry_run)
     except ConfigErrors as exc:
         for error in exc.errors:
             print(f"error: {error}", file=err)

@@ -170,11 +170,12 @@ async def post_examples(
             if key is None:
                 continue
             source = bundle.sources[key]
-            body = file.read_bytes()
+            now = time.time()
+            body = source.stamp(file.read_bytes(), now)
             path = f"/webhooks/{key}"
             query = source.signed_query()
             kind = {"content_type": "text/xml; charset=utf-8"} if file.suffix == ".xml" else {}
-            headers = source.sign(body, now=time.time(), path=path, query_string=query, **kind)
+            headers = source.sign(body, now=now, path=path, query_string=query, **kind)
             url = base_url + path + (f"?{query}" if query else "")
             async with session.post(url, data=body, headers=headers) as resp:
                 answer = (await resp.text())[:120]
