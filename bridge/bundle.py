@@ -14,11 +14,12 @@ from typing import Any
 from pydantic import BaseModel, SecretStr
 
 from bridge.config import Config, LoadedConfig, ServerConfig, read_config
-from bridge.errors import ConfigErrors
+from bridge.errors import ConfigError, ConfigErrors
 from bridge.files import FileReads
 from bridge.rules import RuleSet, compile_rules
 from bridge.sources import build_sources
 from bridge.sources.base import Source
+from bridge.store import open_store
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +83,12 @@ def load_bundle(
         errors.extend(exc.errors)
     if loaded is None:
         raise ConfigErrors(errors)
+    if not for_dry_run:
+        try:
+            open_store(loaded.config.storage.url)  # reads the URL; opens nothing
+        except ConfigError as exc:
+            exc.file = loaded.path
+            errors.append(exc)
     try:
         rules = compile_rules(loaded, loaded.config.sources.keys())
     except ConfigErrors as exc:

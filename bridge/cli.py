@@ -9,7 +9,7 @@ from typing import TextIO, TypeVar
 
 from bridge import __version__, fakevoxys
 from bridge.bundle import Bundle, load_bundle
-from bridge.errors import ConfigErrors
+from bridge.errors import ConfigErrors, StartupError
 
 DEFAULT_CONFIG = "config/bridge.yaml"
 T = TypeVar("T")
@@ -68,7 +68,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return 2
     from bridge.serve import serve
 
-    return serve(bundle, config_path=args.config)
+    try:
+        return serve(bundle, config_path=args.config)
+    except StartupError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
 
 
 def cmd_dry_run(args: argparse.Namespace) -> int:

@@ -89,5 +89,10 @@ class UnsupportedMediaType(RequestRejected):
     status = 415
 
 
+class StartupError(BridgeError):
+    """The server cannot start (its port is taken, its store cannot be opened): the
+    message names what and why, and is printed as one line."""
+
+
 class StorageError(BridgeError):
     """The store could not durably write or read; webhooks are answered 503."""

@@ -4,6 +4,7 @@ line per mistake, no traceback, exit status not 0."""
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -174,3 +175,121 @@ def test_a_typo_in_a_source_at_any_depth_is_an_unknown_key(
     assert result.returncode == 2
     assert message in result.stderr
     assert "Extra inputs" not in result.stderr and "Traceback" not in result.stderr
+
+
+# --- serve: the port and the store -------------------------------------------------------
+
+SERVE_CONFIG = """
+server: {{host: 127.0.0.1, port: {port}, workers: {workers}}}
+storage: {{url: "sqlite:///{db}"}}
+voxys: {{api_token: token, account_id: 1, base_url: "http://127.0.0.1:9"}}
+logging: {{format: json}}
+"""
+
+
+def serve_config(tmp_path: Path, db: Path, *, port: int = 0, workers: int = 1) -> Path:
+    config = tmp_path / "bridge.yaml"
+    config.write_text(SERVE_CONFIG.format(port=port, workers=workers, db=db))
+    return config
+
+
+def serve(config: Path, *prefix: str) -> subprocess.CompletedProcess[str]:
+    """`serve` that must fail at start: it exits by itself, well within the timeout."""
+    return subprocess.run(
+        [*prefix, SCRIPT, "serve", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+
+
+def assert_one_line(result: subprocess.CompletedProcess[str], line: str) -> None:
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [line]
+    assert "bridge.started" not in result.stdout
+    assert "Traceback" not in result.stdout + result.stderr
+
+
+def unprivileged() -> list[str]:
+    """A prefix that runs a command without root's power to write anywhere."""
+    if os.geteuid() != 0:
+        return []
+    probe = subprocess.run(["unshare", "--user", "true"], capture_output=True, check=False)
+    if probe.returncode != 0:
+        pytest.skip(f"running as root and `unshare --user` is unavailable: {probe.stderr!r}")
+    return ["unshare", "--user"]  # a user namespace without a mapping has no capabilities
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_port_in_use_is_one_line_naming_the_address_and_nothing_starts(
+    tmp_path: Path, workers: int
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = serve(serve_config(tmp_path, tmp_path / "b.db", port=port, workers=workers))
+    assert_one_line(result, f"error: cannot listen on 127.0.0.1:{port}: Address already in use")
+    assert not (tmp_path / "b.db").exists()  # bound before anything else was touched
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_storage_directory_that_cannot_be_created_is_named_with_the_reason(
+    tmp_path: Path, workers: int
+) -> None:
+    (tmp_path / "data").write_text("a file where the directory should be")
+    db = tmp_path / "data" / "bridge" / "bridge.db"
+    result = serve(serve_config(tmp_path, db, workers=workers))
+    assert_one_line(
+        result,
+        f"error: cannot open the store: cannot create the directory {db.parent} for {db}: "
+        "Not a directory",
+    )
+
+
+def test_a_storage_path_that_is_a_directory_is_named(tmp_path: Path) -> None:
+    result = serve(serve_config(tmp_path, tmp_path))
+    assert_one_line(
+        result,
+        f"error: cannot open the store: cannot use {tmp_path} as the database: it is a directory",
+    )
+
+
+def test_an_unwritable_storage_directory_is_named_with_the_reason(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    data.chmod(0o555)
+    try:
+        result = serve(serve_config(tmp_path, data / "bridge.db"), *unprivileged())
+    finally:
+        data.chmod(0o755)
+    assert_one_line(
+        result,
+        f"error: cannot open the store: cannot write in {data} (the database {data / 'bridge.db'}): "
+        "Permission denied",
+    )
+
+
+def test_a_store_on_a_read_only_mount_is_named_with_the_reason(tmp_path: Path) -> None:
+    mount = tmp_path / "ro"
+    mount.mkdir()
+    # A read-only tmpfs in a mount namespace of this command alone: a real read-only mount.
+    prefix = [
+        "unshare",
+        "--mount",
+        "--map-root-user",
+        "sh",
+        "-c",
+        'mount -t tmpfs -o ro tmpfs "$0" && exec "$@"',
+        str(mount),
+    ]
+    probe = subprocess.run([*prefix, "true"], capture_output=True, text=True, check=False)
+    if probe.returncode != 0:
+        pytest.skip(f"cannot make a read-only mount here (unshare/mount): {probe.stderr.strip()}")
+    result = serve(serve_config(tmp_path, mount / "bridge.db"), *prefix)
+    assert_one_line(
+        result,
+        f"error: cannot open the store: cannot write in {mount} (the database {mount / 'bridge.db'}): "
+        "Read-only file system",
+    )

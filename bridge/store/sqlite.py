@@ -60,6 +60,33 @@ URL_HELP: Final = (
 )
 
 
+def check_writable(db: Path) -> None:
+    """Create `db`'s directory if needed and make sure the database can be written there;
+    a StorageError naming the path and the reason otherwise (sqlite3 names neither)."""
+    parent = db.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except FileExistsError as exc:
+        raise StorageError(f"cannot use {parent} as the directory of {db}: it is a file") from exc
+    except OSError as exc:
+        raise StorageError(
+            f"cannot create the directory {parent} for {db}: {exc.strerror}"
+        ) from exc
+    try:
+        # WAL mode creates <db>-wal and <db>-shm beside the database: the directory must
+        # be writable, not only the file.
+        with tempfile.TemporaryFile(dir=parent):
+            pass
+        if db.exists():
+            with db.open("r+b"):
+                pass
+    except IsADirectoryError as exc:
+        raise StorageError(f"cannot use {db} as the database: it is a directory") from exc
+    except OSError as exc:
+        where = db if exc.filename == str(db) else parent
+        raise StorageError(f"cannot write in {where} (the database {db}): {exc.strerror}") from exc
+
+
 class SqliteStore:
     """The Store protocol on one SQLite file; `path=None` is a throwaway temporary database.
 
@@ -174,13 +201,7 @@ class SqliteStore:
         else:
             self._db = self._path
             if not self._read_only:
-                try:
-                    self._db.parent.mkdir(parents=True, exist_ok=True)
-                except OSError as exc:
-                    raise StorageError(
-                        f"sqlite open failed: cannot create directory {self._db.parent}: "
-                        f"{exc.strerror}"
-                    ) from exc
+                check_writable(self._db)
         writer = Writer(self._connect_writer)
         reader = Reader(partial(self._connect, query_only=True))
         try:
