@@ -1,4 +1,4 @@
-"""The store commands: `dead-letters list|retry`, `replay`, `explain`, `stats`.
+"""The store commands: `events list`, `dead-letters list|retry`, `replay`, `explain`, `stats`.
 
 They open the store named by the config directly, so they work while the server is
 down (and beside it: SQLite's WAL and PostgreSQL both allow that). Each prints a table,
@@ -14,18 +14,21 @@ import sys
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any, TextIO
+from typing import Any, TextIO, TypeVar
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from bridge.admin import (
     REPLAY_LIMIT,
+    EventQuery,
     ReplayRequest,
     dead_letter_json,
     describe,
+    event_json,
     explain,
     ledger_json,
     list_dead,
+    list_events,
     replay,
     retry,
     stats,
@@ -33,7 +36,9 @@ from bridge.admin import (
 from bridge.bundle import Bundle
 from bridge.errors import ConfigError, StorageError
 from bridge.store import open_store
-from bridge.store.base import LedgerEntry
+from bridge.store.base import LedgerEntry, StoredEvent
+
+M = TypeVar("M", bound=BaseModel)
 
 
 class UsageError(Exception):
@@ -75,13 +80,14 @@ def cli_main(
 async def _run(command: str, args: argparse.Namespace, bundle: Bundle, out: TextIO) -> int:
     as_json: bool = getattr(args, "json", False)
     selection: ReplayRequest | None = None
+    query: EventQuery | None = None
     lead: tuple[int, int] | None = None
     if command == "replay":  # validate before touching the store
         fields = {"ids": args.id, "outcome": args.outcome, "since": args.since}
-        try:
-            selection = ReplayRequest.model_validate({k: v for k, v in fields.items() if v})
-        except ValidationError as exc:
-            raise UsageError(describe(exc)) from None
+        selection = _validated(ReplayRequest, fields)
+    elif command == "events":
+        fields = {"outcome": args.outcome, "source": args.source, "since": args.since}
+        query = _validated(EventQuery, {**fields, "limit": args.limit})
     elif command == "explain":
         lead = parse_lead(args.lead, bundle.config.voxys.account_id)
     elif command not in ("dead-letters", "stats"):
@@ -101,6 +107,11 @@ async def _run(command: str, args: argparse.Namespace, bundle: Bundle, out: Text
             assert selection is not None
             result = (await replay(store, bundle.rules, selection, now)).as_json()
             _emit(out, as_json, result, _replay_text(result))
+        elif command == "events":
+            assert query is not None
+            stored = await list_events(store, query)
+            text = _events_table(stored) if stored else "no events"
+            _emit(out, as_json, [event_json(e) for e in stored], text)
         elif command == "explain":
             assert lead is not None
             entries = await explain(store, *lead)
@@ -116,6 +127,13 @@ async def _run(command: str, args: argparse.Namespace, bundle: Bundle, out: Text
     finally:
         await store.close()
     return 0
+
+
+def _validated(model: type[M], fields: dict[str, Any]) -> M:
+    try:
+        return model.model_validate({k: v for k, v in fields.items() if v is not None})
+    except ValidationError as exc:
+        raise UsageError(describe(exc)) from None
 
 
 def _emit(out: TextIO, as_json: bool, data: Any, text: str) -> None:
@@ -141,6 +159,7 @@ def _dead_table(entries: Sequence[LedgerEntry]) -> str:
         return "no dead letters"
     headers = [
         "id",
+        "event",
         "lead",
         "status",
         "rule",
@@ -153,6 +172,7 @@ def _dead_table(entries: Sequence[LedgerEntry]) -> str:
     rows = [
         [
             e.id,
+            e.event_pk,
             f"{e.account_id}/{e.lead_id}",
             e.status,
             e.rule,
@@ -168,10 +188,22 @@ def _dead_table(entries: Sequence[LedgerEntry]) -> str:
 
 
 def _ledger_table(entries: Sequence[LedgerEntry]) -> str:
-    headers = ["time", "status", "state", "rule", "source/event_id", "attempts", "reason"]
+    headers = [
+        "time",
+        "id",
+        "event",
+        "status",
+        "state",
+        "rule",
+        "source/event_id",
+        "attempts",
+        "reason",
+    ]
     rows = [
         [
             _when(e.occurred_at),
+            e.id,
+            e.event_pk,
             e.status,
             e.state,
             e.rule,
@@ -180,6 +212,22 @@ def _ledger_table(entries: Sequence[LedgerEntry]) -> str:
             e.reason,
         ]
         for e in entries
+    ]
+    return table(headers, rows)
+
+
+def _events_table(stored: Sequence[StoredEvent]) -> str:
+    headers = ["event", "received", "source/event_id", "outcome", "rule", "reason"]
+    rows = [
+        [
+            s.pk,
+            _when(s.event.received_at),
+            f"{s.event.source}/{s.event.event_id}",
+            s.outcome,
+            s.rule,
+            s.reason,
+        ]
+        for s in stored
     ]
     return table(headers, rows)
 

@@ -168,8 +168,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"voxys-bridge {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def command(name: str, help: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help, description=help)
+    def command(name: str, help: str, description: str | None = None) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=description or help)
         p.add_argument(
             "--config", "-c", default=DEFAULT_CONFIG, help="bridge.yaml (default: %(default)s)"
         )
@@ -241,21 +241,70 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=3.0, help="seconds (default: %(default)s)")
     p.set_defaults(func=cmd_healthcheck)
 
-    p = command("dead-letters", "list dead letters or re-queue them (works while stopped)")
+    p = command("events", "list stored events with their ids (works while stopped)")
     actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
-    a = actions.add_parser("list", help="dead transitions, newest first")
+    a = actions.add_parser(
+        "list",
+        help="stored events, newest first",
+        description="Stored events, newest first, with the id (column event) that "
+        "`replay --id` takes, their outcome and the rule that matched or why none could.",
+    )
     a.add_argument("--config", "-c", default=argparse.SUPPRESS, help="bridge.yaml")
-    a.add_argument("--json", action="store_true", help="machine-readable output")
-    a = actions.add_parser("retry", help="re-queue dead transitions (all without --id)")
-    a.add_argument("--config", "-c", default=argparse.SUPPRESS, help="bridge.yaml")
-    a.add_argument("--id", type=int, action="append", metavar="N", help="a transition id")
+    a.add_argument("--outcome", choices=["matched", "ignored", "unmapped"], help="only these")
+    a.add_argument("--source", metavar="KEY", help="only events of this source")
+    a.add_argument("--since", metavar="ISO", help="received at or after (UTC when no offset)")
+    a.add_argument(
+        "--limit", type=int, default=50, metavar="N", help="at most N events (default: %(default)s)"
+    )
     a.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_admin)
-    p = command("replay", "run the current rules again on stored events")
+    p = command("dead-letters", "list dead letters or re-queue them (works while stopped)")
+    actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    a = actions.add_parser(
+        "list",
+        help="dead transitions, newest first",
+        description="Dead transitions, newest first: id is what `dead-letters retry --id` "
+        "takes, event what `replay --id` takes.",
+    )
+    a.add_argument("--config", "-c", default=argparse.SUPPRESS, help="bridge.yaml")
+    a.add_argument("--json", action="store_true", help="machine-readable output")
+    a = actions.add_parser(
+        "retry",
+        help="re-queue dead transitions (all without --id)",
+        description="Re-queue dead transitions with fresh attempts; a running server "
+        "delivers them at once.",
+    )
+    a.add_argument("--config", "-c", default=argparse.SUPPRESS, help="bridge.yaml")
+    a.add_argument(
+        "--id", type=int, action="append", metavar="N", help="a transition id (column id)"
+    )
+    a.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_admin)
+    p = command(
+        "replay",
+        "run the current rules again on stored events",
+        description="Run the current rules again on stored events that did not match and "
+        "queue what they now produce; a running server delivers it at once. "
+        "--outcome alone takes every stored event with that outcome.",
+    )
     which = p.add_mutually_exclusive_group(required=True)
-    which.add_argument("--id", type=int, action="append", metavar="N", help="an event pk")
-    which.add_argument("--outcome", choices=["unmapped", "ignored"], help="events with outcome")
-    p.add_argument("--since", metavar="ISO", help="with --outcome: received at or after (UTC)")
+    which.add_argument(
+        "--id",
+        type=int,
+        action="append",
+        metavar="N",
+        help="an event id (column event of `events list`, `explain`, `dead-letters list`)",
+    )
+    which.add_argument(
+        "--outcome",
+        choices=["unmapped", "ignored"],
+        help="every event with this outcome (all of them, unless --since)",
+    )
+    p.add_argument(
+        "--since",
+        metavar="ISO",
+        help="with --outcome: only events received at or after (UTC when no offset); default: all",
+    )
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_admin)
     p = command("explain", "print a lead's ledger, newest first")

@@ -155,9 +155,11 @@ async def test_dead_letters_list_each_with_lead_reason_attempts_and_times(
     [dead_id] = await seed_dead(runtime_of(client).store, "evt_1")
     resp = await client.get("/admin/dead-letters", headers=AUTH)
     assert resp.status == 200
+    [event] = await runtime_of(client).store.list_events()
     assert await resp.json() == [
         {
             "id": dead_id,
+            "event_pk": event.pk,
             "source": "stripe",
             "rule": "stripe-paid",
             "event_id": "evt_1",
@@ -328,6 +330,35 @@ async def test_a_bad_replay_body_is_400_with_a_precise_message(
     assert (await resp.json())["error"].startswith(message)
 
 
+# --- stored events ----------------------------------------------------------------------
+
+
+async def test_events_are_listed_newest_first_with_the_ids_replay_takes(
+    client: TestClient,
+) -> None:
+    store = runtime_of(client).store
+    done, lost = stripe_event("evt_done", lead_id=1), stripe_event("evt_lost", lead_id=2)
+    await store.ingest([(done, matched(done, 1))], NOW - 60)
+    await store.ingest([(lost, unmapped())], NOW - 30)
+    resp = await client.get("/admin/events", params={"outcome": "unmapped"}, headers=AUTH)
+    [listed] = await resp.json()
+    assert (listed["event_id"], listed["outcome"], listed["source"]) == (
+        "evt_lost",
+        "unmapped",
+        "stripe",
+    )
+    assert "payload" not in listed and "headers" not in listed
+    resp = await client.post(
+        "/admin/events/replay", json={"ids": [listed["event_pk"]]}, headers=AUTH
+    )
+    assert (await resp.json())["transitions"] == 1
+    resp = await client.get("/admin/events", params={"limit": "1"}, headers=AUTH)
+    assert [e["event_id"] for e in await resp.json()] == ["evt_lost"]
+    resp = await client.get("/admin/events", params={"limit": "0", "colour": "red"}, headers=AUTH)
+    assert resp.status == 400
+    assert (await resp.json())["error"] == "limit: must be at least 1; colour: unknown key"
+
+
 # --- a lead's ledger and stats --------------------------------------------------------
 
 
@@ -404,11 +435,11 @@ def test_cli_lists_and_retries_dead_letters_while_the_server_is_down(
     code, out, _ = run_cli("dead-letters", bundle, action="list", json=False)
     assert code == 0
     lines = out.splitlines()
-    assert lines[0].split()[:3] == ["id", "lead", "status"]
-    assert [line.split()[:2] for line in lines[1:]] == [
-        ["2", "7/43"],
-        ["1", "7/42"],
-    ]  # newest first
+    assert lines[0].split()[:4] == ["id", "event", "lead", "status"]
+    assert [line.split()[:3] for line in lines[1:]] == [
+        ["2", "2", "7/43"],
+        ["1", "1", "7/42"],
+    ]  # newest first; the transition's id (for retry) and its event's (for replay)
     assert lines[1].endswith("422   2024-05-01 11:59:30Z  Voxys answered 422")
     code, out, _ = run_cli("dead-letters", bundle, action="retry", id=[1], json=False)
     assert (code, out) == (0, "re-queued 1 dead letter(s)\n")
@@ -455,6 +486,8 @@ def test_cli_explain_prints_a_readable_ledger(make_bundle: MakeBundle) -> None:
     header, row = out.splitlines()
     assert header.split() == [
         "time",
+        "id",
+        "event",
         "status",
         "state",
         "rule",
@@ -465,6 +498,8 @@ def test_cli_explain_prints_a_readable_ledger(make_bundle: MakeBundle) -> None:
     assert row.split() == [
         "2024-05-01",
         "11:58:55Z",
+        "1",
+        "1",
         "won",
         "dead",
         "stripe-paid",

@@ -48,6 +48,7 @@ from bridge.store.sqlite_reads import (
     events_by_ids,
     events_matching,
     ledger,
+    list_events,
     stats,
 )
 from bridge.store.sqlite_threads import Checkpointer, Reader, Writer, storage_error
@@ -356,6 +357,17 @@ class SqliteStore:
         else:
             work = partial(events_matching, outcome=outcome, since=since, limit=limit)
         return await self._r().run("events_for_replay", work)
+
+    async def list_events(
+        self,
+        *,
+        outcome: Outcome | None = None,
+        source: str | None = None,
+        since: float | None = None,
+        limit: int = 100,
+    ) -> list[StoredEvent]:
+        work = partial(list_events, outcome=outcome, source=source, since=since, limit=limit)
+        return await self._r().run("list_events", work)
 
     async def stats(self, now: float) -> Stats:
         result = await self._r().run("stats", partial(stats, now=now))
