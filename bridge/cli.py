@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import sys
 from collections.abc import Callable, Sequence
-from typing import TextIO, TypeVar
+from typing import TextIO, TypeVar, cast
 
 from bridge import __version__, fakevoxys
 from bridge.bundle import Bundle, load_bundle
 from bridge.errors import ConfigErrors, StartupError
+from bridge.output import EXIT_READER_GONE, ReaderAware
 
 DEFAULT_CONFIG = "config/bridge.yaml"
 T = TypeVar("T")
@@ -68,6 +71,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return 2
     from bridge.serve import serve
 
+    stop_when_reader_goes(signal.SIGTERM)  # a graceful stop
     try:
         return serve(bundle, config_path=args.config)
     except StartupError as exc:
@@ -82,14 +86,22 @@ def cmd_dry_run(args: argparse.Namespace) -> int:
 
 
 def cmd_healthcheck(args: argparse.Namespace) -> int:
-    """Exit 0 when the local server answers /healthz (the container HEALTHCHECK; no curl)."""
+    """Exit 0 when the local server answers /healthz (the container HEALTHCHECK; no curl).
+
+    Only `server` is read from the config: a rule or source broken on disk while the
+    server runs (it keeps its last good config) must not make it look unhealthy.
+    """
     import urllib.request
 
-    bundle = _load(args.config, sys.stderr)
-    if bundle is None:
-        return 2
-    port = bundle.config.server.port
-    url = args.url or f"http://127.0.0.1:{port}/healthz"
+    url = args.url
+    if url is None:
+        try:
+            host, port = local_address(args.config)
+        except ConfigErrors as exc:
+            for error in exc.errors:
+                print(f"error: {error}", file=sys.stderr)
+            return 2
+        url = f"http://{host}:{port}/healthz"
     try:
         with urllib.request.urlopen(url, timeout=args.timeout) as resp:  # noqa: S310 (http only)
             ok = resp.status == 200
@@ -98,6 +110,15 @@ def cmd_healthcheck(args: argparse.Namespace) -> int:
         return 1
     print("healthy" if ok else f"unhealthy: {url}", file=sys.stdout if ok else sys.stderr)
     return 0 if ok else 1
+
+
+def local_address(config_path: str) -> tuple[str, int]:
+    """Where a client on this machine reaches the server: host (bracketed if IPv6), port."""
+    from bridge.config import read_server
+
+    server = read_server(config_path)
+    host = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(server.host, server.host)
+    return (f"[{host}]" if ":" in host else host), server.port
 
 
 def cmd_send(args: argparse.Namespace) -> int:
@@ -109,7 +130,8 @@ def cmd_send(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from bridge import demo
 
-    return demo.run(keep=args.keep)
+    stop_when_reader_goes(signal.SIGINT)
+    return demo.run(keep=args.keep, out=sys.stdout)
 
 
 def cmd_sandbox(args: argparse.Namespace) -> int:
@@ -119,6 +141,7 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
     from bridge import fakevoxys
 
     tokens = set(args.token or ["sandbox-token"])
+    stop_when_reader_goes(signal.SIGINT)
     try:
         asyncio.run(
             fakevoxys.run_sandbox(
@@ -157,7 +180,7 @@ def cmd_admin(args: argparse.Namespace) -> int:
         return 2
     from bridge import admin_cli
 
-    return admin_cli.cli_main(args.command, args, bundle)
+    return admin_cli.cli_main(args.command, args, bundle, sys.stdout, sys.stderr)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -318,6 +341,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    code: int = args.func(args)
-    return code
+    """Run one command; its exit status. Output cut short by its reader is no error."""
+    stdout = ReaderAware(sys.stdout)
+    sys.stdout = cast(TextIO, stdout)
+    try:
+        args = build_parser().parse_args(argv)
+        code: int = args.func(args)
+        sys.stdout.flush()
+    except KeyboardInterrupt:  # Ctrl-C: the command stops, without a traceback
+        code = 130
+    finally:
+        sys.stdout = stdout.wrapped
+    return EXIT_READER_GONE if stdout.reader_gone and code == 0 else code
+
+
+def stop_when_reader_goes(signum: int) -> None:
+    """A long-running command stops as on `signum` when its output's reader goes away
+    (`serve | head -1`): nothing would read what it prints."""
+    if isinstance(sys.stdout, ReaderAware):
+        sys.stdout.on_closed = lambda: os.kill(os.getpid(), signum)

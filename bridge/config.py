@@ -11,6 +11,7 @@ import glob
 import io
 import re
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any, Literal, NamedTuple
 
@@ -438,6 +439,28 @@ def _read_config(path: Path, files: FileReads, for_dry_run: bool) -> ConfigRead:
     lookups = _load_lookups(config.lookups, file=file, base=path.parent, errors=errors, files=files)
     loaded = LoadedConfig(path=file, config=config, rules=rules, lookups=lookups, files=files)
     return ConfigRead(loaded, raw, errors)
+
+
+def read_server(path: str | Path) -> ServerConfig:
+    """Only the `server` section of bridge.yaml (interpolated and validated): what a
+    client of the running server needs, whatever the state of the rest of the file."""
+    file = str(path)
+    try:
+        data = read_yaml(Path(path))
+    except ConfigError as exc:
+        raise ConfigErrors([exc]) from None
+    section = data.get("server", {}) if isinstance(data, Mapping) else {}
+    raw, unset = interpolate(section)
+    errors: list[ConfigError] = [
+        *unset_errors([replace(u, key=f"server.{u.key}") for u in unset], data, file=file)
+    ]
+    try:
+        server = ServerConfig.model_validate(raw)
+    except ValidationError as exc:
+        errors.extend(_pydantic_errors(exc, raw, file=file, prefix="server"))
+    if errors:
+        raise ConfigErrors(errors)
+    return server
 
 
 def load_config(path: str | Path, files: FileReads | None = None) -> LoadedConfig:

@@ -221,6 +221,7 @@ def supervise(bundle: Bundle, *, config_path: str, workers: int) -> int:
             continue
         log.error("bridge.worker_exited", worker=number, pid=pid, code=code)
         time.sleep(RESPAWN_DELAY_S)
-        spawn(number)
+        if not stopping:  # told to stop meanwhile (the log line may have found stdout gone)
+            spawn(number)
     log.info("bridge.stopped", pid=os.getpid())
     return 1 if failed else 0
