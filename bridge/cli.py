@@ -51,7 +51,23 @@ def cmd_check(args: argparse.Namespace) -> int:
     print(f"  lookups   {len(bundle.loaded.lookups)}")
     for name, table in sorted(bundle.loaded.lookups.items()):
         print(f"    {name:<32} {len(table)} entries")
-    return 0
+    return check_online(bundle) if args.online else 0
+
+
+def check_online(bundle: Bundle) -> int:
+    """`check --online`: the store opens for writing, Voxys accepts the token; 1 if not."""
+    import asyncio
+
+    from bridge.preflight import preflight
+
+    findings = asyncio.run(preflight(bundle))
+    print("  online")
+    for finding in findings:
+        print(f"    {finding.what:<9} {'ok' if finding.ok else 'FAILED'}: {finding.text}")
+    failed = [f for f in findings if not f.ok]
+    for finding in failed:
+        print(f"error: {finding.what}: {finding.text}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def _safe_url(url: str) -> str:
@@ -201,7 +217,18 @@ def build_parser() -> argparse.ArgumentParser:
     command("serve", "receive webhooks and deliver transitions to Voxys").set_defaults(
         func=cmd_serve
     )
-    command("check", "validate the configuration and print a summary").set_defaults(func=cmd_check)
+    p = command(
+        "check",
+        "validate the configuration and print a summary",
+        description="Validate the configuration and print a summary, without touching the "
+        "store or the network. --online also opens the store for writing and asks Voxys "
+        "once, with the configured token, for one lead of the account "
+        "(GET /api/v1/accounts/{account_id}/leads?per_page=1): token accepted, refused, "
+        "account not found or unreachable. Exit status: 0 valid, 1 an online check "
+        "failed, 2 configuration errors.",
+    )
+    p.add_argument("--online", action="store_true", help="also check the store and the Voxys token")
+    p.set_defaults(func=cmd_check)
     p = command("dry-run", "run the rules on a payload file and print what would be sent")
     p.add_argument("--source", required=True, help="the source key the payload comes from")
     p.add_argument("payload", help="a payload file, as the provider would POST it")

@@ -1,13 +1,19 @@
 """A fake Voxys Connect lead-status endpoint over real HTTP, with fault injection.
 
 Used as the Voxys server in our tests and by `voxys-bridge sandbox` / `demo`, so rules can
-be tried without touching real leads. It speaks only
-`PATCH /api/v1/accounts/{account_id}/leads/{id}/status` (see shared/VOXYS_API.md).
+be tried without touching real leads. It speaks
+`PATCH /api/v1/accounts/{account_id}/leads/{id}/status`, and
+`GET /api/v1/accounts/{account_id}/leads` (what `check --online` asks; see
+shared/VOXYS_API.md).
 
 Answers, in the order they are decided (Rails conventions, as the reference implies):
 
-- any path or method other than the one endpoint: 404 / 405, `{"error": ...}`;
+- any path or method other than the two endpoints: 404 / 405, `{"error": ...}`;
 - missing, unknown or revoked `api_access_token`: 401 `{"error": "Invalid Access Token"}`;
+- listing the leads of an account that does not exist (when leads were seeded, the
+  accounts of the seeded leads exist; otherwise every account does): 404; else 200
+  `{"data": [lead, …], "meta": {"current_page", "total_pages", "total_count"}}`, the
+  newest first, `page` and `per_page` (default 25) as the reference describes;
 - a non-integer id, or an unknown lead when leads were seeded: 404;
 - a body that is not JSON: 400; a missing or invalid `status`, or `notes` that is neither
   a string nor null: 422 `{"error": <message>}`;
@@ -37,6 +43,8 @@ from typing import Any, TextIO
 from aiohttp import web
 
 STATUS_PATH = "/api/v1/accounts/{account_id}/leads/{lead_id}/status"
+LEADS_PATH = "/api/v1/accounts/{account_id}/leads"
+PER_PAGE = 25  # the reference's default page size
 STATUSES = ("open", "won", "lost", "snoozed")
 AUTH_HEADER = "api_access_token"
 
@@ -200,6 +208,7 @@ class FakeVoxys:
         """The aiohttp application: one route, the fault middleware in front of it."""
         app = web.Application(middlewares=[self._middleware])
         app.router.add_route("PATCH", STATUS_PATH, self._patch_status)
+        app.router.add_get(LEADS_PATH, self._list_leads)
         return app
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
@@ -326,6 +335,27 @@ class FakeVoxys:
             lead.update(changes, updated_at=iso(self._wall_clock()))
         self.leads[key] = lead
         return _json(200, {"message": "Status updated.", **lead})
+
+    async def _list_leads(self, request: web.Request) -> web.StreamResponse:
+        if not self._accepts(request.headers.get(AUTH_HEADER)):
+            return _error(401, "Invalid Access Token")
+        account_id = _int_or_none(request.match_info["account_id"])
+        if account_id is None or (self._seeded and all(a != account_id for a, _ in self.leads)):
+            return _error(404, "Resource could not be found")
+        leads = sorted(
+            (lead for (a, _), lead in self.leads.items() if a == account_id),
+            key=lambda lead: (lead["created_at"], lead["id"]),
+            reverse=True,
+        )
+        per_page = _int_or_none(request.query.get("per_page")) or PER_PAGE
+        page = _int_or_none(request.query.get("page")) or 1
+        chosen = leads[(page - 1) * per_page : page * per_page]
+        meta = {
+            "current_page": page,
+            "total_pages": max(1, math.ceil(len(leads) / per_page)),
+            "total_count": len(leads),
+        }
+        return _json(200, {"data": chosen, "meta": meta})
 
 
 def _int_or_none(text: str | None) -> int | None:
