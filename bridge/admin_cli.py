@@ -34,9 +34,11 @@ from bridge.admin import (
     stats,
 )
 from bridge.bundle import Bundle
+from bridge.delivery import IDLE_POLL_S
 from bridge.errors import ConfigError, StorageError
 from bridge.store import open_store
 from bridge.store.base import LedgerEntry, StoredEvent
+from bridge.wakeup import wake_deliverer
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -65,7 +67,7 @@ def cli_main(
 ) -> int:
     """Run `dead-letters | replay | explain | stats` on the configured store; the exit code."""
     try:
-        return asyncio.run(_run(command, args, bundle, out))
+        return asyncio.run(_run(command, args, bundle, out, err))
     except UsageError as exc:
         print(f"error: {exc}", file=err)
         return 2
@@ -77,7 +79,9 @@ def cli_main(
         return 1
 
 
-async def _run(command: str, args: argparse.Namespace, bundle: Bundle, out: TextIO) -> int:
+async def _run(
+    command: str, args: argparse.Namespace, bundle: Bundle, out: TextIO, err: TextIO
+) -> int:
     as_json: bool = getattr(args, "json", False)
     selection: ReplayRequest | None = None
     query: EventQuery | None = None
@@ -98,6 +102,7 @@ async def _run(command: str, args: argparse.Namespace, bundle: Bundle, out: Text
         now = time.time()
         if command == "dead-letters" and args.action == "retry":
             count = await retry(store, args.id or None, now)
+            await _wake(bundle, count, err)
             _emit(out, as_json, {"ok": True, "queued": count}, f"re-queued {count} dead letter(s)")
         elif command == "dead-letters":
             entries = await list_dead(store)
@@ -106,6 +111,7 @@ async def _run(command: str, args: argparse.Namespace, bundle: Bundle, out: Text
         elif command == "replay":
             assert selection is not None
             result = (await replay(store, bundle.rules, selection, now)).as_json()
+            await _wake(bundle, result["transitions"], err)
             _emit(out, as_json, result, _replay_text(result))
         elif command == "events":
             assert query is not None
@@ -127,6 +133,21 @@ async def _run(command: str, args: argparse.Namespace, bundle: Bundle, out: Text
     finally:
         await store.close()
     return 0
+
+
+async def _wake(bundle: Bundle, queued: int, err: TextIO) -> None:
+    """A server running on this store delivers what was queued at once, not at its next
+    safety-net poll (the same wake-up its replicas use)."""
+    if not queued:
+        return
+    try:
+        await wake_deliverer(bundle.config.storage.url)
+    except StorageError as exc:
+        print(
+            f"note: could not wake a running server ({exc}); it finds the work "
+            f"within {IDLE_POLL_S:.0f} s",
+            file=err,
+        )
 
 
 def _validated(model: type[M], fields: dict[str, Any]) -> M:

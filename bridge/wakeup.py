@@ -27,6 +27,8 @@ from urllib.parse import unquote
 
 import structlog
 
+from bridge.errors import StorageError
+
 log = structlog.get_logger("bridge.wakeup")
 
 CHANNEL: Final = "voxys_bridge_work"
@@ -136,6 +138,33 @@ class PostgresNotify:
                 with contextlib.suppress(Exception):
                     await conn.close(timeout=2)
         self._listener = self._notifier = None
+
+
+async def wake_deliverer(storage_url: str) -> None:
+    """Wake the deliverer of the store at `storage_url` once; return once the signal is out.
+
+    For a process that changed the store without serving it (`dead-letters retry`,
+    `replay`): it exits right after, so unlike `publish` this waits for the NOTIFY.
+    SQLite sends one datagram (when no server is bound there is nothing to wake).
+    Raises StorageError when PostgreSQL cannot be reached.
+    """
+    wakeup = wakeup_for(storage_url)
+    try:
+        if isinstance(wakeup, PostgresNotify):
+            import asyncpg
+
+            try:
+                conn = await asyncpg.connect(wakeup.dsn, timeout=5)
+                try:
+                    await conn.execute(f"NOTIFY {CHANNEL}")
+                finally:
+                    await conn.close(timeout=2)
+            except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+                raise StorageError(f"NOTIFY failed: {type(exc).__name__}") from None
+        else:
+            wakeup.publish()
+    finally:
+        await wakeup.close()
 
 
 def socket_path(db: Path) -> Path:
