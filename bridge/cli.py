@@ -168,6 +168,7 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
                 args.latency,
                 args.rate_limit,
                 as_json=args.json,
+                failures=args.fail or (),
             )
         )
     except KeyboardInterrupt:
@@ -252,7 +253,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "sandbox",
         help="run a fake Voxys API on loopback to try rules safely",
-        description="A fake Voxys API: the status endpoint with its auth, 404, 422 and 429.",
+        description="A fake Voxys API: the status endpoint with its auth, 404, 422 and 429, "
+        "and the leads listing `check --online` asks. --fail rehearses dead letters and "
+        "retries.",
     )
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8099, help="default: %(default)s")
@@ -276,6 +279,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="REQUESTS/SECONDS",
         help="answer 429 with Retry-After beyond this rate, e.g. 10/1",
+    )
+    p.add_argument(
+        "--fail",
+        type=_arg(fakevoxys.parse_failure),
+        action="append",
+        metavar="STATUS[:COUNT]",
+        help="answer status changes with STATUS, COUNT times (then normally) or always "
+        "without COUNT, e.g. 422 (dead letters) or 500:3 (retries); repeatable, in order",
     )
     p.add_argument("--json", action="store_true", help="print each call as a JSON line")
     p.set_defaults(func=cmd_sandbox)

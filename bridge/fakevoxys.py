@@ -23,7 +23,10 @@ Answers, in the order they are decided (Rails conventions, as the reference impl
 
 Faults run before that: scripted answers (one per request, in order), a sliding-window
 rate limit (429 with `Retry-After`, plain text like Rack::Attack), a failure ratio (503),
-and `latency` added to every answer. The raw token is never stored, printed or logged.
+and `latency` added to every answer. `fail_next(status, count)` makes status changes of
+leads that exist answer `status` (`count` times, or always), after authentication, as
+Voxys would refuse them: what `sandbox --fail` rehearses dead letters and retries with.
+The raw token is never stored, printed or logged.
 """
 
 from __future__ import annotations
@@ -176,6 +179,7 @@ class FakeVoxys:
         self.fail_rate_limit: tuple[int, float] | None = None
         self.fail_ratio = 0.0
         self.fail_status = 503
+        self._failures: list[list[int | None]] = []  # [status, remaining or None]: fail_next
         # Called once per call after it is answered (or dropped); the sandbox prints it.
         self.on_call: Callable[[Call], None] | None = None
 
@@ -189,6 +193,22 @@ class FakeVoxys:
     def scripted(self) -> int:
         """How many scripted answers are still queued."""
         return len(self._script)
+
+    def fail_next(self, status: int, count: int | None = None) -> None:
+        """Answer `status` to the next `count` status changes (every one when None), after
+        any failures queued before; a 429 or 503 says `Retry-After: 1`."""
+        self._failures.append([status, count])
+
+    def _take_failure(self) -> int | None:
+        if not self._failures:
+            return None
+        failure = self._failures[0]
+        status, remaining = failure
+        if remaining is not None:
+            failure[1] = remaining - 1
+            if remaining <= 1:
+                self._failures.pop(0)
+        return status
 
     def revoke(self, token: str) -> None:
         """Refuse `token` (401) until `restore(token)`."""
@@ -320,6 +340,11 @@ class FakeVoxys:
         key = (account_id, lead_id)
         if self._seeded and key not in self.leads:
             return _error(404, "Resource could not be found")
+        failing = self._take_failure()
+        if failing is not None:
+            headers = {"Retry-After": "1"} if failing in (429, 503) else None
+            reason = web.Response(status=failing).reason or "Failed"
+            return _json(failing, {"error": f"{reason} (sandbox --fail)"}, headers)
         try:
             body = json.loads(await request.read()) if request.content_type.endswith("json") else {}
         except ValueError:
@@ -420,6 +445,20 @@ def parse_seed_leads(text: str) -> list[tuple[int, int]]:
     return pairs
 
 
+def parse_failure(text: str) -> tuple[int, int | None]:
+    """Parse `500:3` (status, how many times) or `422` (always) for `--fail`."""
+    status, sep, count = text.partition(":")
+    try:
+        parsed = (int(status), int(count) if sep else None)
+    except ValueError:
+        parsed = (0, None)
+    if not 400 <= parsed[0] <= 599 or (parsed[1] is not None and parsed[1] < 1):
+        raise ValueError(
+            f"expected STATUS[:COUNT] with STATUS 400-599 and COUNT >= 1, got {text!r}"
+        )
+    return parsed
+
+
 def parse_rate_limit(text: str) -> tuple[int, float]:
     """Parse `10/1` (requests per seconds) for `--rate-limit`."""
     requests, sep, seconds = text.partition("/")
@@ -441,6 +480,7 @@ async def run_sandbox(
     rate_limit: tuple[int, float] | None,
     stream: TextIO | None = None,
     as_json: bool = False,
+    failures: Iterable[tuple[int, int | None]] = (),
 ) -> None:
     """Serve a fake Voxys until cancelled; print the base URL, then one line per call.
 
@@ -451,6 +491,8 @@ async def run_sandbox(
     fake = FakeVoxys(tokens=tokens, seed_leads=seed_leads)
     fake.latency = latency
     fake.fail_rate_limit = rate_limit
+    for status, count in failures:
+        fake.fail_next(status, count)
     render = call_json if as_json else describe
     fake.on_call = lambda call: print(render(call), file=out, flush=True)
     base_url = await fake.start(host, port)
