@@ -4,6 +4,9 @@ FROM python:3.11-slim AS build
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY bridge ./bridge
+# bridge/shipped/ links to these: the wheel carries them for `voxys-bridge demo`.
+COPY config ./config
+COPY examples ./examples
 RUN pip wheel --no-cache-dir --wheel-dir /wheels .
 
 # Runtime stage: only the wheels, a non-root user and the config path layout.
