@@ -130,11 +130,37 @@ def cmd_healthcheck(args: argparse.Namespace) -> int:
 
 def local_address(config_path: str) -> tuple[str, int]:
     """Where a client on this machine reaches the server: host (bracketed if IPv6), port."""
-    from bridge.config import read_server
+    from bridge.config import ServerConfig, read_section
 
-    server = read_server(config_path)
+    server = read_section(config_path, "server", ServerConfig)
     host = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(server.host, server.host)
     return (f"[{host}]" if ":" in host else host), server.port
+
+
+def cmd_backup(args: argparse.Namespace) -> int:
+    """A consistent copy of the SQLite store, also while the server writes to it."""
+    from pathlib import Path
+
+    from bridge import backup
+    from bridge.config import StorageConfig, read_section
+
+    try:
+        storage = read_section(args.config, "storage", StorageConfig)
+    except ConfigErrors as exc:
+        for error in exc.errors:
+            print(f"error: {error}", file=sys.stderr)
+        return 2
+    try:
+        source = backup.database_file(storage.url)
+        made = backup.backup(source, Path(args.destination))
+    except backup.BackupError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(
+        f"backed up {made.source} to {made.destination}: {made.size / 1_048_576:.1f} MiB, "
+        f"{made.events} events, {made.transitions} transitions, in {made.seconds:.1f} s"
+    )
+    return 0
 
 
 def cmd_send(args: argparse.Namespace) -> int:
@@ -297,6 +323,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--url", help="where to POST (default: http://127.0.0.1:<server.port>/webhooks/<source>)"
     )
     p.set_defaults(func=cmd_send)
+    p = command(
+        "backup",
+        "copy the SQLite store consistently, also while the server runs",
+        description="Copy the SQLite store with SQLite's online backup API: one consistent "
+        "snapshot while the server keeps writing, checked, synced and then renamed into "
+        "place. Reads only storage: from the config. For PostgreSQL use pg_dump.",
+    )
+    p.add_argument("destination", help="the backup file to create (it must not exist)")
+    p.set_defaults(func=cmd_backup)
     p = command("healthcheck", "exit 0 when the local server answers /healthz")
     p.add_argument("--url", help="the health URL (default: 127.0.0.1 on server.port)")
     p.add_argument("--timeout", type=float, default=3.0, help="seconds (default: %(default)s)")

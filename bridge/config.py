@@ -13,7 +13,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
-from typing import Annotated, Any, Literal, NamedTuple
+from typing import Annotated, Any, Literal, NamedTuple, TypeVar
 
 import yaml
 from pydantic import (
@@ -80,6 +80,9 @@ def http_url(value: str) -> str:
 def _dry_run(info: ValidationInfo) -> bool:
     """Validating for `dry-run`, which uses no token (see `read_config`)."""
     return bool(info.context and info.context.get("dry_run"))
+
+
+M = TypeVar("M", bound=BaseModel)
 
 
 class Model(BaseModel):
@@ -441,26 +444,26 @@ def _read_config(path: Path, files: FileReads, for_dry_run: bool) -> ConfigRead:
     return ConfigRead(loaded, raw, errors)
 
 
-def read_server(path: str | Path) -> ServerConfig:
-    """Only the `server` section of bridge.yaml (interpolated and validated): what a
-    client of the running server needs, whatever the state of the rest of the file."""
+def read_section(path: str | Path, name: str, model: type[M]) -> M:
+    """One section of bridge.yaml (interpolated and validated), whatever the state of the
+    rest of the file: what `healthcheck` (server) and `backup` (storage) need."""
     file = str(path)
     try:
         data = read_yaml(Path(path))
     except ConfigError as exc:
         raise ConfigErrors([exc]) from None
-    section = data.get("server", {}) if isinstance(data, Mapping) else {}
+    section = data.get(name, {}) if isinstance(data, Mapping) else {}
     raw, unset = interpolate(section)
     errors: list[ConfigError] = [
-        *unset_errors([replace(u, key=f"server.{u.key}") for u in unset], data, file=file)
+        *unset_errors([replace(u, key=f"{name}.{u.key}") for u in unset], data, file=file)
     ]
     try:
-        server = ServerConfig.model_validate(raw)
+        found = model.model_validate(raw)
     except ValidationError as exc:
-        errors.extend(_pydantic_errors(exc, raw, file=file, prefix="server"))
+        errors.extend(_pydantic_errors(exc, raw, file=file, prefix=name))
     if errors:
         raise ConfigErrors(errors)
-    return server
+    return found
 
 
 def load_config(path: str | Path, files: FileReads | None = None) -> LoadedConfig:

@@ -153,6 +153,11 @@ class SqliteStore:
         return self._db
 
     @property
+    def file(self) -> Path | None:
+        """The database file the URL names, open or not (None: a throwaway database)."""
+        return self._path
+
+    @property
     def commits(self) -> int:
         """Transactions committed by the writer since `open`: one per group, not per call."""
         return self._writer.commits if self._writer else 0
