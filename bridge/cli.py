@@ -15,6 +15,7 @@ from bridge.errors import ConfigErrors, StartupError
 from bridge.output import EXIT_READER_GONE, ReaderAware
 
 DEFAULT_CONFIG = "config/bridge.yaml"
+CONFIG_VARIABLE = "VOXYS_BRIDGE_CONFIG"  # the default --config where it is set (the image)
 T = TypeVar("T")
 
 
@@ -237,7 +238,10 @@ def build_parser() -> argparse.ArgumentParser:
     def command(name: str, help: str, description: str | None = None) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help, description=description or help)
         p.add_argument(
-            "--config", "-c", default=DEFAULT_CONFIG, help="bridge.yaml (default: %(default)s)"
+            "--config",
+            "-c",
+            default=os.environ.get(CONFIG_VARIABLE) or DEFAULT_CONFIG,
+            help=f"bridge.yaml (default: %(default)s; ${CONFIG_VARIABLE} sets it)",
         )
         return p
 
