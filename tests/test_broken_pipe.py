@@ -95,6 +95,12 @@ def test_help_and_version_end_quietly(command: list[str]) -> None:
     assert_quiet(run_without_reader(command), status=0)
 
 
+def test_backup_ends_quietly(running: Path) -> None:
+    destination = running.parent / "backup.db"
+    assert_quiet(run_without_reader(["backup", str(destination), "--config", str(running)]))
+    assert destination.is_file()  # the work was done; only its report went nowhere
+
+
 def test_dry_run_ends_quietly(write_config: WriteConfig) -> None:
     config = write_config()
     payload = ROOT / "examples" / "stripe" / "checkout.session.completed-paid.json"
