@@ -19,14 +19,16 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, model_validator
 
+from bridge import validation
 from bridge.errors import BadRequest, RequestRejected, StorageError
 from bridge.models import Evaluation, Event, Outcome
 from bridge.runtime import RUNTIME, Runtime
-from bridge.store.base import LedgerEntry, Store
+from bridge.store.base import LedgerEntry, Store, StoredEvent
 
 log = structlog.get_logger("bridge.admin")
 
 REPLAY_LIMIT = 10_000
+LIST_LIMIT = 10_000  # events one `events list` shows at most
 
 
 class Evaluator(Protocol):
@@ -49,7 +51,8 @@ class RetryRequest(_Body):
 
 
 class ReplayRequest(_Body):
-    """Events by primary key, or every event with an outcome received since a time."""
+    """Events by primary key, or every event with an outcome (received since a time, when
+    `since` is given; all of them otherwise)."""
 
     ids: list[StrictInt] | None = Field(default=None, min_length=1)
     outcome: Literal["unmapped", "ignored"] | None = None
@@ -59,25 +62,44 @@ class ReplayRequest(_Body):
     def _one_selection(self) -> ReplayRequest:
         by_query = self.outcome is not None or self.since is not None
         if self.ids is not None and by_query:
-            raise ValueError("give either ids or outcome and since, not both")
-        if self.ids is None and (self.outcome is None or self.since is None):
-            raise ValueError("give ids, or both outcome and since")
+            raise ValueError("give either ids or an outcome, not both")
+        if self.ids is None and self.outcome is None:
+            raise ValueError("give ids, or an outcome (and optionally since)")
         return self
 
     @property
     def since_epoch(self) -> float | None:
-        if self.since is None:
-            return None
-        since = self.since if self.since.tzinfo else self.since.replace(tzinfo=UTC)
-        return since.timestamp()
+        return _epoch(self.since)
+
+
+class EventQuery(_Body):
+    """Which stored events to list: newest first, optionally by outcome, source and time."""
+
+    outcome: Literal["matched", "ignored", "unmapped"] | None = None
+    source: str | None = None
+    since: datetime | None = None  # a time without an offset is UTC
+    limit: int = Field(default=50, ge=1, le=LIST_LIMIT)
+
+    @property
+    def since_epoch(self) -> float | None:
+        return _epoch(self.since)
+
+
+def _epoch(when: datetime | None) -> float | None:
+    if when is None:
+        return None
+    return (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp()
 
 
 def describe(exc: ValidationError) -> str:
     """A validation error as one line naming each field, never quoting the input."""
     parts = []
-    for error in exc.errors(include_input=False, include_url=False):
+    for error in exc.errors(include_url=False):
         where = ".".join(str(p) for p in error["loc"]) or "body"
-        parts.append(f"{where}: {error['msg']}")
+        text = validation.message(error)
+        if where == "body" and error["type"] == "model_type":
+            text = "must be a JSON object"
+        parts.append(f"{where}: {text}")
     return "; ".join(parts)
 
 
@@ -135,6 +157,16 @@ async def replay(
     return ReplayResult(outcomes, queued, skipped, truncated=len(chosen) >= REPLAY_LIMIT)
 
 
+async def list_events(store: Store, query: EventQuery) -> list[StoredEvent]:
+    """Stored events with their ids (what replay takes), newest first."""
+    return await store.list_events(
+        outcome=Outcome(query.outcome) if query.outcome else None,
+        source=query.source,
+        since=query.since_epoch,
+        limit=query.limit,
+    )
+
+
 async def explain(store: Store, account_id: int, lead_id: int) -> list[LedgerEntry]:
     """Every transition of one lead, newest first."""
     return await store.ledger(account_id, lead_id)
@@ -159,9 +191,27 @@ def iso(ts: float | None) -> str | None:
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def event_json(stored: StoredEvent) -> dict[str, Any]:
+    """A stored event without its payload and headers (they may hold personal data)."""
+    event = stored.event
+    return {
+        "event_pk": stored.pk,
+        "source": event.source,
+        "event_id": event.event_id,
+        "outcome": str(stored.outcome),
+        "rule": stored.rule,
+        "reason": stored.reason,
+        "received_at": event.received_at,
+        "received_iso": iso(event.received_at),
+        "occurred_at": event.occurred_at,
+        "occurred_iso": iso(event.occurred_at),
+    }
+
+
 def dead_letter_json(entry: LedgerEntry) -> dict[str, Any]:
     return {
         "id": entry.id,
+        "event_pk": entry.event_pk,
         "source": entry.source,
         "rule": entry.rule,
         "event_id": entry.event_id,
@@ -260,6 +310,15 @@ async def handle_replay(request: web.Request) -> web.Response:
     return web.json_response({"ok": True, **result.as_json()})
 
 
+async def handle_events(request: web.Request) -> web.Response:
+    try:
+        query = EventQuery.model_validate(dict(request.query))
+    except ValidationError as exc:
+        raise BadRequest(describe(exc)) from None
+    stored = await list_events(request.config_dict[RUNTIME].store, query)
+    return web.json_response([event_json(e) for e in stored])
+
+
 async def handle_lead(request: web.Request) -> web.Response:
     try:
         account_id = int(request.match_info["account_id"])
@@ -287,6 +346,7 @@ def admin_app() -> web.Application:
     app = web.Application(middlewares=[_guard])
     app.router.add_get("/dead-letters", handle_dead_letters)
     app.router.add_post("/dead-letters/retry", handle_retry)
+    app.router.add_get("/events", handle_events)
     app.router.add_post("/events/replay", handle_replay)
     app.router.add_get("/leads/{account_id}/{lead_id}", handle_lead)
     app.router.add_get("/stats", handle_stats)

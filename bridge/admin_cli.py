@@ -1,4 +1,4 @@
-"""The store commands: `dead-letters list|retry`, `replay`, `explain`, `stats`.
+"""The store commands: `events list`, `dead-letters list|retry`, `replay`, `explain`, `stats`.
 
 They open the store named by the config directly, so they work while the server is
 down (and beside it: SQLite's WAL and PostgreSQL both allow that). Each prints a table,
@@ -14,26 +14,32 @@ import sys
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any, TextIO
+from typing import Any, TextIO, TypeVar
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from bridge.admin import (
     REPLAY_LIMIT,
+    EventQuery,
     ReplayRequest,
     dead_letter_json,
     describe,
+    event_json,
     explain,
     ledger_json,
     list_dead,
+    list_events,
     replay,
     retry,
     stats,
 )
 from bridge.bundle import Bundle
+from bridge.delivery import IDLE_POLL_S
 from bridge.errors import ConfigError, StorageError
-from bridge.store import open_store
-from bridge.store.base import LedgerEntry
+from bridge.store import open_backend
+from bridge.store.base import LedgerEntry, StoredEvent, Wakeup
+
+M = TypeVar("M", bound=BaseModel)
 
 
 class UsageError(Exception):
@@ -60,7 +66,7 @@ def cli_main(
 ) -> int:
     """Run `dead-letters | replay | explain | stats` on the configured store; the exit code."""
     try:
-        return asyncio.run(_run(command, args, bundle, out))
+        return asyncio.run(_run(command, args, bundle, out, err))
     except UsageError as exc:
         print(f"error: {exc}", file=err)
         return 2
@@ -72,26 +78,31 @@ def cli_main(
         return 1
 
 
-async def _run(command: str, args: argparse.Namespace, bundle: Bundle, out: TextIO) -> int:
+async def _run(
+    command: str, args: argparse.Namespace, bundle: Bundle, out: TextIO, err: TextIO
+) -> int:
     as_json: bool = getattr(args, "json", False)
     selection: ReplayRequest | None = None
+    query: EventQuery | None = None
     lead: tuple[int, int] | None = None
     if command == "replay":  # validate before touching the store
         fields = {"ids": args.id, "outcome": args.outcome, "since": args.since}
-        try:
-            selection = ReplayRequest.model_validate({k: v for k, v in fields.items() if v})
-        except ValidationError as exc:
-            raise UsageError(describe(exc)) from None
+        selection = _validated(ReplayRequest, fields)
+    elif command == "events":
+        fields = {"outcome": args.outcome, "source": args.source, "since": args.since}
+        query = _validated(EventQuery, {**fields, "limit": args.limit})
     elif command == "explain":
         lead = parse_lead(args.lead, bundle.config.voxys.account_id)
     elif command not in ("dead-letters", "stats"):
         raise UsageError(f"unknown command {command!r}")
-    store = open_store(bundle.config.storage.url)
+    backend = open_backend(bundle.config.storage.url)
+    store = backend.store
     await store.open()
     try:
         now = time.time()
         if command == "dead-letters" and args.action == "retry":
             count = await retry(store, args.id or None, now)
+            await _wake(backend.wakeup, count, err)
             _emit(out, as_json, {"ok": True, "queued": count}, f"re-queued {count} dead letter(s)")
         elif command == "dead-letters":
             entries = await list_dead(store)
@@ -100,7 +111,13 @@ async def _run(command: str, args: argparse.Namespace, bundle: Bundle, out: Text
         elif command == "replay":
             assert selection is not None
             result = (await replay(store, bundle.rules, selection, now)).as_json()
+            await _wake(backend.wakeup, result["transitions"], err)
             _emit(out, as_json, result, _replay_text(result))
+        elif command == "events":
+            assert query is not None
+            stored = await list_events(store, query)
+            text = _events_table(stored) if stored else "no events"
+            _emit(out, as_json, [event_json(e) for e in stored], text)
         elif command == "explain":
             assert lead is not None
             entries = await explain(store, *lead)
@@ -114,8 +131,31 @@ async def _run(command: str, args: argparse.Namespace, bundle: Bundle, out: Text
             body = await stats(store, now)
             _emit(out, as_json, body, _stats_text(body))
     finally:
+        await backend.wakeup.close()
         await store.close()
     return 0
+
+
+async def _wake(wakeup: Wakeup, queued: int, err: TextIO) -> None:
+    """A server running on this store delivers what was queued at once, not at its next
+    safety-net poll (the same wake-up its replicas use)."""
+    if not queued:
+        return
+    try:
+        await wakeup.notify()
+    except StorageError as exc:
+        print(
+            f"note: could not wake a running server ({exc}); it finds the work "
+            f"within {IDLE_POLL_S:.0f} s",
+            file=err,
+        )
+
+
+def _validated(model: type[M], fields: dict[str, Any]) -> M:
+    try:
+        return model.model_validate({k: v for k, v in fields.items() if v is not None})
+    except ValidationError as exc:
+        raise UsageError(describe(exc)) from None
 
 
 def _emit(out: TextIO, as_json: bool, data: Any, text: str) -> None:
@@ -141,6 +181,7 @@ def _dead_table(entries: Sequence[LedgerEntry]) -> str:
         return "no dead letters"
     headers = [
         "id",
+        "event",
         "lead",
         "status",
         "rule",
@@ -153,6 +194,7 @@ def _dead_table(entries: Sequence[LedgerEntry]) -> str:
     rows = [
         [
             e.id,
+            e.event_pk,
             f"{e.account_id}/{e.lead_id}",
             e.status,
             e.rule,
@@ -168,10 +210,22 @@ def _dead_table(entries: Sequence[LedgerEntry]) -> str:
 
 
 def _ledger_table(entries: Sequence[LedgerEntry]) -> str:
-    headers = ["time", "status", "state", "rule", "source/event_id", "attempts", "reason"]
+    headers = [
+        "time",
+        "id",
+        "event",
+        "status",
+        "state",
+        "rule",
+        "source/event_id",
+        "attempts",
+        "reason",
+    ]
     rows = [
         [
             _when(e.occurred_at),
+            e.id,
+            e.event_pk,
             e.status,
             e.state,
             e.rule,
@@ -180,6 +234,22 @@ def _ledger_table(entries: Sequence[LedgerEntry]) -> str:
             e.reason,
         ]
         for e in entries
+    ]
+    return table(headers, rows)
+
+
+def _events_table(stored: Sequence[StoredEvent]) -> str:
+    headers = ["event", "received", "source/event_id", "outcome", "rule", "reason"]
+    rows = [
+        [
+            s.pk,
+            _when(s.event.received_at),
+            f"{s.event.source}/{s.event.event_id}",
+            s.outcome,
+            s.rule,
+            s.reason,
+        ]
+        for s in stored
     ]
     return table(headers, rows)
 

@@ -9,11 +9,11 @@ from __future__ import annotations
 import csv
 import glob
 import io
-import os
 import re
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NamedTuple, TypeVar
 
 import yaml
 from pydantic import (
@@ -25,15 +25,20 @@ from pydantic import (
     SecretStr,
     SkipValidation,
     ValidationError,
+    ValidationInfo,
     field_validator,
 )
 
+from bridge import strength, validation
 from bridge.errors import ConfigError, ConfigErrors
 from bridge.files import FileReads
+from bridge.interpolation import interpolate, unset_errors
+from bridge.validation import is_placeholder
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
-_ENV = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+# Source settings that parsing reads (the generic source's templates); the rest verifies.
+_PARSING_KEYS = ("preset", "event_id", "occurred_at")
 
 
 def shown(value: Any, limit: int = 16) -> str:
@@ -49,22 +54,35 @@ def shown(value: Any, limit: int = 16) -> str:
 
 def parse_duration(value: Any) -> float:
     """Seconds from a number or a string with a unit: `200ms`, `10s`, `5m`, `24h`, `30d`."""
-    if isinstance(value, bool):
-        raise ValueError("a duration is a number of seconds or a string like '10s'")
-    if isinstance(value, int | float):
+    if isinstance(value, int | float) and not isinstance(value, bool):
         seconds = float(value)
     elif isinstance(value, str) and (m := _DURATION.match(value)):
         seconds = float(m.group(1)) * _UNITS[m.group(2)]
     else:
-        raise ValueError(
-            f"invalid duration {shown(value)}: use seconds or 200ms, 10s, 5m, 24h, 30d"
-        )
+        raise ValueError(f"invalid duration {shown(value)} (use 10s, 5m, 200ms)")
     if seconds < 0:
         raise ValueError("a duration cannot be negative")
     return seconds
 
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
+
+
+def http_url(value: str) -> str:
+    """`value` when it is an http(s) URL with a host; ValueError otherwise."""
+    if is_placeholder(value):
+        raise ValueError("is a placeholder (<…>): set the real value")
+    if not value.startswith(("http://", "https://")) or not value.split("://", 1)[1].strip("/"):
+        raise ValueError("must be an http:// or https:// URL with a host")
+    return value
+
+
+def _dry_run(info: ValidationInfo) -> bool:
+    """Validating for `dry-run`, which uses no token (see `read_config`)."""
+    return bool(info.context and info.context.get("dry_run"))
+
+
+M = TypeVar("M", bound=BaseModel)
 
 
 class Model(BaseModel):
@@ -78,6 +96,11 @@ class ServerConfig(Model):
     max_body_bytes: PositiveInt = 1_048_576
     workers: PositiveInt = 1
     shutdown_timeout: Duration = 10.0
+
+    @field_validator("public_url")
+    @classmethod
+    def _http_url(cls, v: str) -> str:
+        return http_url(v)
 
 
 class StorageConfig(Model):
@@ -129,9 +152,18 @@ class VoxysConfig(Model):
     @field_validator("base_url")
     @classmethod
     def _http_url(cls, v: str) -> str:
-        if not v.startswith(("http://", "https://")):
-            raise ValueError("must start with http:// or https://")
-        return v.rstrip("/")
+        return http_url(v).rstrip("/")
+
+    @field_validator("api_token")
+    @classmethod
+    def _usable_token(cls, v: SecretStr, info: ValidationInfo) -> SecretStr:
+        if _dry_run(info):
+            return v  # dry-run never calls Voxys
+        # Voxys does not document its token format: only what is surely wrong is refused.
+        problem = strength.guessable(v.get_secret_value())
+        if problem is not None:
+            raise ValueError(problem)
+        return v
 
 
 class AdminConfig(Model):
@@ -141,6 +173,14 @@ class AdminConfig(Model):
     @classmethod
     def _empty_is_none(cls, v: Any) -> Any:
         return None if v in ("", None) else v
+
+    @field_validator("token")
+    @classmethod
+    def _strong(cls, v: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
+        # The admin API re-queues and replays: its bearer token must not be guessable.
+        if v is not None and not _dry_run(info):
+            strength.check(v.get_secret_value())
+        return v
 
 
 class LoggingConfig(Model):
@@ -203,38 +243,6 @@ class LoadedConfig(BaseModel):
     files: FileReads  # every file read, fingerprinted before reading, for hot reload
 
 
-def interpolate(value: Any, *, file: str, path: str = "") -> Any:
-    """Replace `${VAR}` / `${VAR:-default}` in every string; `$$` is a literal `$`."""
-    if isinstance(value, str):
-        missing: list[str] = []
-
-        def sub(m: re.Match[str]) -> str:
-            if m.group(0) == "$$":
-                return "$"
-            name, default = m.group(1), m.group(2)
-            if name in os.environ:
-                return os.environ[name]
-            if default is not None:
-                return default
-            missing.append(name)
-            return ""
-
-        out = _ENV.sub(sub, value)
-        if missing:
-            raise ConfigError(
-                f"environment variable {missing[0]} is not set", file=file, key=path or None
-            )
-        return out
-    if isinstance(value, Mapping):
-        return {
-            k: interpolate(v, file=file, path=f"{path}.{k}" if path else str(k))
-            for k, v in value.items()
-        }
-    if isinstance(value, list):
-        return [interpolate(v, file=file, path=f"{path}[{i}]") for i, v in enumerate(value)]
-    return value
-
-
 def read_yaml(path: Path) -> Any:
     """Parse one YAML file, turning every failure into a ConfigError naming it."""
     try:
@@ -251,16 +259,12 @@ def read_yaml(path: Path) -> Any:
 
 
 def _pydantic_errors(
-    exc: ValidationError, *, file: str, prefix: str = "", rule: str | None = None
+    exc: ValidationError, data: Any, *, file: str, prefix: str = "", rule: str | None = None
 ) -> list[ConfigError]:
     out = []
-    for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"])
+    for loc, message in validation.errors(exc, data):
         key = f"{prefix}.{loc}" if prefix and loc else (prefix or loc or None)
-        msg = err["msg"]
-        if err["type"] == "extra_forbidden":
-            msg = "unknown key"
-        out.append(ConfigError(msg, file=file, rule=rule, key=key))
+        out.append(ConfigError(message, file=file, rule=rule, key=key))
     return out
 
 
@@ -279,8 +283,11 @@ def _collect_rules(
                 continue
             pattern = str(base / str(entry["include"]))
             matches = sorted(glob.glob(pattern))
-            if not matches and not glob.has_magic(pattern):
-                errors.append(ConfigError(f"no such file {pattern}", file=file, key=where))
+            if not matches:
+                # A pattern matching nothing is a typo or a missing directory, not "no rules".
+                errors.append(
+                    ConfigError(f"no file matches {pattern}", file=file, key=f"{where}.include")
+                )
             for included in matches:
                 rules.extend(_load_rule_file(Path(included), errors=errors, files=files))
             continue
@@ -288,7 +295,9 @@ def _collect_rules(
         try:
             rules.append(LocatedRule(rule=RuleConfig.model_validate(dict(entry)), file=file))
         except ValidationError as exc:
-            errors.extend(_pydantic_errors(exc, file=file, rule=name, prefix="" if name else where))
+            errors.extend(
+                _pydantic_errors(exc, entry, file=file, rule=name, prefix="" if name else where)
+            )
     return rules
 
 
@@ -296,10 +305,12 @@ def _load_rule_file(
     path: Path, *, errors: list[ConfigError], files: FileReads
 ) -> list[LocatedRule]:
     try:
-        data = interpolate(files.parse(path, read_yaml), file=str(path))
+        raw = files.parse(path, read_yaml)
     except ConfigError as exc:
         errors.append(exc)
         return []
+    data, unset = interpolate(raw)
+    errors.extend(unset_errors(unset, raw, file=str(path)))
     if data is None:
         return []
     if not isinstance(data, Mapping) or set(data) - {"rules"}:
@@ -375,32 +386,98 @@ def _load_lookups(
     return tables
 
 
-def load_config(path: str | Path, files: FileReads | None = None) -> LoadedConfig:
-    """Read, interpolate and validate bridge.yaml with its rule includes and lookup files.
+class ConfigRead(NamedTuple):
+    """What `read_config` found: the config when valid, the raw mapping, every mistake."""
 
-    `files` records what was read (also when loading fails); pass one made with
-    `FileReads(reuse=...)` to skip parsing files that did not change since then.
+    loaded: LoadedConfig | None
+    raw: Mapping[str, Any]  # bridge.yaml after interpolation; {} when unreadable
+    errors: list[ConfigError]
+
+
+def unused_by_dry_run(key: str) -> bool:
+    """Keys of bridge.yaml that `dry-run` never reads: the Voxys and admin tokens, the
+    store, and every source setting but the ones that name and time an event."""
+    if key in ("voxys.api_token", "admin.token") or key.startswith("storage."):
+        return True
+    parts = key.split(".")
+    return parts[0] == "sources" and len(parts) > 2 and parts[2] not in _PARSING_KEYS
+
+
+def read_config(
+    path: str | Path, files: FileReads | None = None, *, for_dry_run: bool = False
+) -> ConfigRead:
+    """Read, interpolate and validate bridge.yaml with its rule includes and lookup files,
+    returning every mistake found rather than raising at the first.
+
+    `loaded` is None when bridge.yaml itself is invalid; its rule files are read anyway,
+    so that all their mistakes are reported in the same run. `files` records what was
+    read (also when loading fails); pass one made with `FileReads(reuse=...)` to skip
+    parsing files that did not change since then. `for_dry_run`: a `${VAR}` under a key
+    `unused_by_dry_run` may be unset (it reads as ""), and the Voxys token is not checked.
     """
-    path = Path(path)
-    file = str(path)
     files = FileReads() if files is None else files
     try:
-        raw = interpolate(files.parse(path, read_yaml), file=file)
-        if not isinstance(raw, Mapping):
-            raise ConfigError("the top level must be a mapping", file=file)
-        try:
-            config = Config.model_validate(dict(raw))
-        except ValidationError as exc:
-            raise ConfigErrors(_pydantic_errors(exc, file=file)) from exc
-        errors: list[ConfigError] = []
-        rules = _collect_rules(
-            config.rules, file=file, base=path.parent, errors=errors, files=files
-        )
-        lookups = _load_lookups(
-            config.lookups, file=file, base=path.parent, errors=errors, files=files
-        )
+        return _read_config(Path(path), files, for_dry_run)
     finally:
         files.done()
+
+
+def _read_config(path: Path, files: FileReads, for_dry_run: bool) -> ConfigRead:
+    file = str(path)
+    try:
+        data = files.parse(path, read_yaml)
+    except ConfigError as exc:
+        return ConfigRead(None, {}, [exc])
+    raw, unset = interpolate(data, optional=unused_by_dry_run if for_dry_run else lambda _: False)
+    errors: list[ConfigError] = [*unset_errors(unset, data, file=file)]
+    if not isinstance(raw, Mapping):
+        errors.append(ConfigError("the top level must be a mapping", file=file))
+        return ConfigRead(None, {}, errors)
+    config: Config | None = None
+    try:
+        config = Config.model_validate(dict(raw), context={"dry_run": for_dry_run})
+    except ValidationError as exc:
+        errors.extend(_pydantic_errors(exc, raw, file=file))
+    entries = config.rules if config is not None else raw.get("rules")
+    rules = _collect_rules(
+        entries if isinstance(entries, list) else [],
+        file=file,
+        base=path.parent,
+        errors=errors,
+        files=files,
+    )
+    if config is None:
+        return ConfigRead(None, raw, errors)
+    lookups = _load_lookups(config.lookups, file=file, base=path.parent, errors=errors, files=files)
+    loaded = LoadedConfig(path=file, config=config, rules=rules, lookups=lookups, files=files)
+    return ConfigRead(loaded, raw, errors)
+
+
+def read_section(path: str | Path, name: str, model: type[M]) -> M:
+    """One section of bridge.yaml (interpolated and validated), whatever the state of the
+    rest of the file: what `healthcheck` (server) and `backup` (storage) need."""
+    file = str(path)
+    try:
+        data = read_yaml(Path(path))
+    except ConfigError as exc:
+        raise ConfigErrors([exc]) from None
+    section = data.get(name, {}) if isinstance(data, Mapping) else {}
+    raw, unset = interpolate(section)
+    errors: list[ConfigError] = [
+        *unset_errors([replace(u, key=f"{name}.{u.key}") for u in unset], data, file=file)
+    ]
+    try:
+        found = model.model_validate(raw)
+    except ValidationError as exc:
+        errors.extend(_pydantic_errors(exc, raw, file=file, prefix=name))
     if errors:
         raise ConfigErrors(errors)
-    return LoadedConfig(path=file, config=config, rules=rules, lookups=lookups, files=files)
+    return found
+
+
+def load_config(path: str | Path, files: FileReads | None = None) -> LoadedConfig:
+    """`read_config`, raising ConfigErrors listing every mistake when there is one."""
+    loaded, _, errors = read_config(path, files)
+    if loaded is None or errors:
+        raise ConfigErrors(errors)
+    return loaded

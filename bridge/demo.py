@@ -2,7 +2,9 @@
 
 It runs the real thing, not a mock-up: `examples/all-providers.yaml` (the shipped
 `config/bridge.yaml` sources and rules plus the other providers' example rules),
-loaded with freshly generated secrets; the bridge server on loopback with a temporary
+loaded with freshly generated secrets. `config/` and `examples/` ship inside the
+package (`bridge/shipped/`, package data), so the demo runs from an installed wheel in
+any directory and in the container image; the bridge server on loopback with a temporary
 SQLite store and its delivery worker; the Voxys sandbox (`bridge.fakevoxys`) in place
 of the real API. Each `examples/<preset>/*.json|xml` payload is signed the way its
 provider signs and posted; each PATCH is printed as the sandbox receives it, then a summary.
@@ -15,6 +17,8 @@ import asyncio
 import json
 import os
 import secrets
+import shlex
+import shutil
 import socket
 import sys
 import tempfile
@@ -41,12 +45,16 @@ DEMO_CONFIG = Path("examples") / "all-providers.yaml"
 SALESFORCE_DEMO_ORG = "00D000000000001EAA"  # the organization of examples/salesforce/*.xml
 
 
-def find_project(start: Path | None = None) -> Path | None:
-    """The directory holding `config/` and `examples/`: a checkout of the project."""
+SHIPPED = Path(bridge.__file__).resolve().parent / "shipped"  # config/ and examples/
+
+
+def find_project() -> Path | None:
+    """The directory holding `config/` and `examples/`: VOXYS_BRIDGE_HOME when set (a
+    checkout of yours), else the copy shipped inside the package."""
     candidates = []
     if home := os.environ.get("VOXYS_BRIDGE_HOME"):
         candidates.append(Path(home))
-    candidates += [start or Path.cwd(), Path(bridge.__file__).resolve().parent.parent]
+    candidates.append(SHIPPED)
     for directory in candidates:
         if (directory / DEMO_CONFIG).is_file() and (directory / "config" / "rules").is_dir():
             return directory
@@ -140,9 +148,9 @@ class Printer:
                 highlight=False,
             )
 
-    def summary(self, data: dict[str, Any]) -> None:
+    def summary(self, data: dict[str, Any], meanings: dict[str, str]) -> None:
         if self.console is None:
-            self.out.write(json.dumps({"kind": "summary", **data}) + "\n")
+            self.out.write(json.dumps({"kind": "summary", **data, "meaning": meanings}) + "\n")
             return
         from rich.table import Table
 
@@ -150,6 +158,8 @@ class Printer:
         for key, value in data.items():
             table.add_row(key, json.dumps(value) if isinstance(value, dict) else str(value))
         self.console.print(table)
+        for state, sentence in meanings.items():
+            self.console.print(f"[bold]{state}[/]: {sentence}", highlight=False)
 
 
 def example_payloads(project: Path) -> list[Path]:
@@ -170,11 +180,12 @@ async def post_examples(
             if key is None:
                 continue
             source = bundle.sources[key]
-            body = file.read_bytes()
+            now = time.time()
+            body = source.stamp(file.read_bytes(), now)
             path = f"/webhooks/{key}"
             query = source.signed_query()
             kind = {"content_type": "text/xml; charset=utf-8"} if file.suffix == ".xml" else {}
-            headers = source.sign(body, now=time.time(), path=path, query_string=query, **kind)
+            headers = source.sign(body, now=now, path=path, query_string=query, **kind)
             url = base_url + path + (f"?{query}" if query else "")
             async with session.post(url, data=body, headers=headers) as resp:
                 answer = (await resp.text())[:120]
@@ -227,19 +238,21 @@ async def run_demo(project: Path, out: TextIO, *, keep: bool) -> int:
             settled = await settle(runtime, SETTLE_TIMEOUT_S)
             stats = await runtime.store.stats(time.time())
             answered = Counter(str(s.status) for s in sent)
+            transitions = {k: v for k, v in stats.transitions.items() if v}
             printer.summary(
                 {
                     "webhooks": len(sent),
                     "answers": dict(answered),
                     "events": stats.events,
-                    "transitions": {k: v for k, v in stats.transitions.items() if v},
+                    "transitions": transitions,
                     "patches_received_by_sandbox": len(sandbox.calls),
                     "settled": settled,
-                }
+                },
+                meaning(transitions),
             )
             ok = settled and all(s.status < 300 for s in sent) and sent
             if keep:
-                print_keep(out, env, port, voxys_url, config_path)
+                print_keep(out, env, port, voxys_url, project, Path(tmp))
                 await asyncio.Event().wait()  # until Ctrl-C
             return 0 if ok else 1
         finally:
@@ -247,18 +260,57 @@ async def run_demo(project: Path, out: TextIO, *, keep: bool) -> int:
             await sandbox.stop()
 
 
-def print_keep(out: TextIO, env: dict[str, str], port: int, voxys_url: str, config: Path) -> None:
-    """What to try by hand while everything keeps running (these secrets live for this run)."""
+# What each settled state of the summary means, for someone who has never seen one.
+MEANING = {
+    "delivered": "Voxys applied the change (it answered 2xx)",
+    "superseded": "not sent: a newer change for the same lead was waiting too, and only "
+    "the newest one is sent (voxys.coalesce); the lead still ends in the newest state",
+    "stale": "not sent: older than a change already delivered to that lead, which stays "
+    "in the state of its newest event",
+    "dead": "Voxys refused it for good; `voxys-bridge dead-letters list` says why",
+}
+
+
+def meaning(transitions: dict[str, int]) -> dict[str, str]:
+    """The sentences for the states that occur in `transitions`."""
+    return {state: MEANING[state] for state in MEANING if transitions.get(state)}
+
+
+def command_line() -> str:
+    """How to call this program from another shell: its name if on PATH, else its path."""
+    if shutil.which("voxys-bridge"):
+        return "voxys-bridge"
+    script = Path(sys.argv[0])
+    if script.name == "voxys-bridge" and script.is_file():
+        return shlex.quote(str(script.resolve()))
+    return f"{shlex.quote(sys.executable)} -m bridge"
+
+
+def print_keep(
+    out: TextIO, env: dict[str, str], port: int, voxys_url: str, project: Path, workdir: Path
+) -> None:
+    """Commands to paste while everything keeps running. This run's secrets and store go
+    into an env file to source: a PEM key on one command line would not paste."""
+    env_file = workdir / "demo.env"
+    env_file.write_text("".join(f"export {k}={shlex.quote(v)}\n" for k, v in sorted(env.items())))
+    env_file.chmod(0o600)
+    cli = command_line()
+    config = shlex.quote(str(project / DEMO_CONFIG))
+    example = project / "examples" / "stripe" / "checkout.session.completed-paid.json"
     lines = [
         "",
         f"bridge   http://127.0.0.1:{port}   (POST /webhooks/<source>, GET /metrics)",
         f"sandbox  {voxys_url}",
-        "Everything keeps running until Ctrl-C. In another shell:",
-        "  " + " ".join(f"{k}={v}" for k, v in sorted(env.items())) + " \\",
-        f"  voxys-bridge send --config {config} --source stripe "
-        "examples/stripe/checkout.session.completed-paid.json",
-        f"  curl -H 'Authorization: Bearer {env['BRIDGE_ADMIN_TOKEN']}' "
-        f"http://127.0.0.1:{port}/admin/stats",
+        "Everything keeps running until Ctrl-C. To try it, paste into another shell:",
+        "",
+        f"  . {shlex.quote(str(env_file))}",
+        f"  {cli} send --config {config} --source stripe {shlex.quote(str(example))}",
+        f"  {cli} events list --config {config}",
+        f"  {cli} explain --config {config} --lead 1/4711",
+        f'  curl -H "Authorization: Bearer $BRIDGE_ADMIN_TOKEN" http://127.0.0.1:{port}/admin/stats',
+        "",
+        "(the env file holds this run's generated secrets and its store; the demo sent that "
+        "example already, so the bridge answers it as a duplicate)",
     ]
     out.write("\n".join(lines) + "\n")
     out.flush()
@@ -267,9 +319,11 @@ def print_keep(out: TextIO, env: dict[str, str], port: int, voxys_url: str, conf
 def run(keep: bool, out: TextIO = sys.stdout) -> int:
     project = find_project()
     if project is None:
+        where = os.environ.get("VOXYS_BRIDGE_HOME") or str(SHIPPED)
         print(
-            "error: the demo runs the shipped config/ and examples/; run it from "
-            "the voxys-bridge project directory (or set VOXYS_BRIDGE_HOME to it)",
+            f"error: the demo runs examples/all-providers.yaml and config/rules/; {where} "
+            "has neither (VOXYS_BRIDGE_HOME names a checkout of the project; unset it to "
+            "use the copy shipped with the package)",
             file=sys.stderr,
         )
         return 2

@@ -1,7 +1,8 @@
 """`voxys-bridge dry-run`: run the rules on a payload file and show what would be sent.
 
 The payload is parsed by the configured source exactly as a received request would be,
-except that `verify` is skipped (a file has no valid signature). Nothing is stored and
+except that `verify` is skipped (a file has no valid signature), so no secret, token or
+store setting is read: a `${VAR}` under one of them may be unset. Nothing is stored and
 Voxys is never called: the output is the request each transition would become.
 """
 
@@ -40,7 +41,7 @@ def run(
 ) -> int:
     """Print what the rules make of one payload file; 0 when it ran, 2 on bad input."""
     err = sys.stderr if err is None else err
-    bundle = _load(config_path, err)
+    bundle = _load(config_path, err, for_dry_run=True)
     if bundle is None:
         return 2
     try:

@@ -35,12 +35,26 @@ class ConfigError(BridgeError):
         return f"{': '.join(where)}: {self.message}" if where else self.message
 
 
+class UnsetVariable(ConfigError):
+    """A `${VAR}` with no value: any other error at its key only repeats it."""
+
+    def covers(self, error: ConfigError) -> bool:
+        """True when `error` is at this key (or under it) of the same file and rule."""
+        if error is self or (error.file, error.rule) != (self.file, self.rule):
+            return False
+        if self.key is None or error.key is None:
+            return self.key == error.key
+        return error.key == self.key or error.key.startswith((f"{self.key}.", f"{self.key}["))
+
+
 class ConfigErrors(BridgeError):
     """Several configuration mistakes found in one pass, reported together."""
 
     def __init__(self, errors: list[ConfigError]) -> None:
-        self.errors = errors
-        super().__init__("\n".join(str(e) for e in errors))
+        # An unset variable leaves "" behind, which the key's own check refuses again.
+        unset = [e for e in errors if isinstance(e, UnsetVariable)]
+        self.errors = [e for e in errors if not any(u.covers(e) for u in unset)]
+        super().__init__("\n".join(str(e) for e in self.errors))
 
 
 class RequestRejected(BridgeError):
@@ -73,6 +87,11 @@ class PayloadTooLarge(RequestRejected):
 
 class UnsupportedMediaType(RequestRejected):
     status = 415
+
+
+class StartupError(BridgeError):
+    """The server cannot start (its port is taken, its store cannot be opened): the
+    message names what and why, and is printed as one line."""
 
 
 class StorageError(BridgeError):

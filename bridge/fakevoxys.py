@@ -1,15 +1,21 @@
 """A fake Voxys Connect lead-status endpoint over real HTTP, with fault injection.
 
 Used as the Voxys server in our tests and by `voxys-bridge sandbox` / `demo`, so rules can
-be tried without touching real leads. It speaks only
-`PATCH /api/v1/accounts/{account_id}/leads/{id}/status` (see shared/VOXYS_API.md).
+be tried without touching real leads. It speaks
+`PATCH /api/v1/accounts/{account_id}/leads/{id}/status`, and
+`GET /api/v1/accounts/{account_id}/leads` (what `check --online` asks; see
+shared/VOXYS_API.md).
 
 Answers, in the order they are decided (Rails conventions, as the reference implies):
 
-- any path or method other than the one endpoint: 404 / 405, `{"error": ...}`;
+- any path or method other than the two endpoints: 404 / 405, `{"error": ...}`;
 - missing, unknown or revoked `api_access_token`: 401 `{"error": "Invalid Access Token"}`;
 - a valid token used for an account it has no access to (`refused_accounts`): 403
   `{"error": "You are not authorized to access this account"}`;
+- listing the leads of an account that does not exist (when leads were seeded, the
+  accounts of the seeded leads exist; otherwise every account does): 404; else 200
+  `{"data": [lead, …], "meta": {"current_page", "total_pages", "total_count"}}`, the
+  newest first, `page` and `per_page` (default 25) as the reference describes;
 - a non-integer id, or an unknown lead when leads were seeded: 404;
 - a body that is not JSON: 400; a missing or invalid `status`, or `notes` that is neither
   a string nor null: 422 `{"error": <message>}`;
@@ -19,7 +25,10 @@ Answers, in the order they are decided (Rails conventions, as the reference impl
 
 Faults run before that: scripted answers (one per request, in order), a sliding-window
 rate limit (429 with `Retry-After`, plain text like Rack::Attack), a failure ratio (503),
-and `latency` added to every answer. The raw token is never stored, printed or logged.
+and `latency` added to every answer. `fail_next(status, count)` makes status changes of
+leads that exist answer `status` (`count` times, or always), after authentication, as
+Voxys would refuse them: what `sandbox --fail` rehearses dead letters and retries with.
+The raw token is never stored, printed or logged.
 """
 
 from __future__ import annotations
@@ -39,6 +48,8 @@ from typing import Any, TextIO
 from aiohttp import web
 
 STATUS_PATH = "/api/v1/accounts/{account_id}/leads/{lead_id}/status"
+LEADS_PATH = "/api/v1/accounts/{account_id}/leads"
+PER_PAGE = 25  # the reference's default page size
 STATUSES = ("open", "won", "lost", "snoozed")
 AUTH_HEADER = "api_access_token"
 
@@ -171,6 +182,7 @@ class FakeVoxys:
         self.fail_ratio = 0.0
         self.fail_status = 503
         self.refused_accounts: set[int] = set()  # the token has no access to these: 403
+        self._failures: list[list[int | None]] = []  # [status, remaining or None]: fail_next
         # Called once per call after it is answered (or dropped); the sandbox prints it.
         self.on_call: Callable[[Call], None] | None = None
 
@@ -184,6 +196,22 @@ class FakeVoxys:
     def scripted(self) -> int:
         """How many scripted answers are still queued."""
         return len(self._script)
+
+    def fail_next(self, status: int, count: int | None = None) -> None:
+        """Answer `status` to the next `count` status changes (every one when None), after
+        any failures queued before; a 429 or 503 says `Retry-After: 1`."""
+        self._failures.append([status, count])
+
+    def _take_failure(self) -> int | None:
+        if not self._failures:
+            return None
+        failure = self._failures[0]
+        status, remaining = failure
+        if remaining is not None:
+            failure[1] = remaining - 1
+            if remaining <= 1:
+                self._failures.pop(0)
+        return status
 
     def revoke(self, token: str) -> None:
         """Refuse `token` (401) until `restore(token)`."""
@@ -203,6 +231,7 @@ class FakeVoxys:
         """The aiohttp application: one route, the fault middleware in front of it."""
         app = web.Application(middlewares=[self._middleware])
         app.router.add_route("PATCH", STATUS_PATH, self._patch_status)
+        app.router.add_get(LEADS_PATH, self._list_leads)
         return app
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
@@ -316,6 +345,11 @@ class FakeVoxys:
         key = (account_id, lead_id)
         if self._seeded and key not in self.leads:
             return _error(404, "Resource could not be found")
+        failing = self._take_failure()
+        if failing is not None:
+            headers = {"Retry-After": "1"} if failing in (429, 503) else None
+            reason = web.Response(status=failing).reason or "Failed"
+            return _json(failing, {"error": f"{reason} (sandbox --fail)"}, headers)
         try:
             body = json.loads(await request.read()) if request.content_type.endswith("json") else {}
         except ValueError:
@@ -331,6 +365,27 @@ class FakeVoxys:
             lead.update(changes, updated_at=iso(self._wall_clock()))
         self.leads[key] = lead
         return _json(200, {"message": "Status updated.", **lead})
+
+    async def _list_leads(self, request: web.Request) -> web.StreamResponse:
+        if not self._accepts(request.headers.get(AUTH_HEADER)):
+            return _error(401, "Invalid Access Token")
+        account_id = _int_or_none(request.match_info["account_id"])
+        if account_id is None or (self._seeded and all(a != account_id for a, _ in self.leads)):
+            return _error(404, "Resource could not be found")
+        leads = sorted(
+            (lead for (a, _), lead in self.leads.items() if a == account_id),
+            key=lambda lead: (lead["created_at"], lead["id"]),
+            reverse=True,
+        )
+        per_page = _int_or_none(request.query.get("per_page")) or PER_PAGE
+        page = _int_or_none(request.query.get("page")) or 1
+        chosen = leads[(page - 1) * per_page : page * per_page]
+        meta = {
+            "current_page": page,
+            "total_pages": max(1, math.ceil(len(leads) / per_page)),
+            "total_count": len(leads),
+        }
+        return _json(200, {"data": chosen, "meta": meta})
 
 
 def _int_or_none(text: str | None) -> int | None:
@@ -395,6 +450,20 @@ def parse_seed_leads(text: str) -> list[tuple[int, int]]:
     return pairs
 
 
+def parse_failure(text: str) -> tuple[int, int | None]:
+    """Parse `500:3` (status, how many times) or `422` (always) for `--fail`."""
+    status, sep, count = text.partition(":")
+    try:
+        parsed = (int(status), int(count) if sep else None)
+    except ValueError:
+        parsed = (0, None)
+    if not 400 <= parsed[0] <= 599 or (parsed[1] is not None and parsed[1] < 1):
+        raise ValueError(
+            f"expected STATUS[:COUNT] with STATUS 400-599 and COUNT >= 1, got {text!r}"
+        )
+    return parsed
+
+
 def parse_rate_limit(text: str) -> tuple[int, float]:
     """Parse `10/1` (requests per seconds) for `--rate-limit`."""
     requests, sep, seconds = text.partition("/")
@@ -416,6 +485,7 @@ async def run_sandbox(
     rate_limit: tuple[int, float] | None,
     stream: TextIO | None = None,
     as_json: bool = False,
+    failures: Iterable[tuple[int, int | None]] = (),
 ) -> None:
     """Serve a fake Voxys until cancelled; print the base URL, then one line per call.
 
@@ -426,6 +496,8 @@ async def run_sandbox(
     fake = FakeVoxys(tokens=tokens, seed_leads=seed_leads)
     fake.latency = latency
     fake.fail_rate_limit = rate_limit
+    for status, count in failures:
+        fake.fail_next(status, count)
     render = call_json if as_json else describe
     fake.on_call = lambda call: print(render(call), file=out, flush=True)
     base_url = await fake.start(host, port)

@@ -1,7 +1,8 @@
 """`voxys-bridge send`: POST a payload file to a bridge, signed the way its provider signs.
 
-The request is signed by the configured source itself (`Source.sign`, first secret),
-so a running bridge accepts it as a genuine delivery: a way to test a deployment end
+The request is signed by the configured source itself (`Source.sign`, first secret;
+a body that carries its sending time gets the current one, `Source.stamp`), so a
+running bridge accepts it as a genuine delivery: a way to test a deployment end
 to end without the provider. The signed path is always `/webhooks/<source>`, the path
 the bridge receives; the default target is `http://127.0.0.1:<server.port>` plus that
 path (not `server.public_url`, which may be the external address of a proxy). `--url`
@@ -55,14 +56,15 @@ def run(
         if configured is None:
             known = ", ".join(sorted(bundle.sources)) or "none"
             raise SendError(f"unknown source {source!r} (configured sources: {known})")
-        body = read_payload(payload)
+        now = clock()
+        body = configured.stamp(read_payload(payload), now)
         target = url or f"http://127.0.0.1:{bundle.config.server.port}{path}"
         parts = urlsplit(target)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise SendError(f"--url {target!r} is not an http(s) URL")
         query = parts.query
         query = configured.signed_query(query)
-        headers = sign(configured, body, now=clock(), path=path, query_string=query)
+        headers = sign(configured, body, now=now, path=path, query_string=query)
     except SendError as exc:
         print(f"error: {exc}", file=err)
         return 2

@@ -6,6 +6,8 @@ import asyncio
 import contextlib
 import os
 import signal
+import socket
+import sys
 import time
 from collections.abc import AsyncIterator
 
@@ -15,15 +17,17 @@ from aiohttp import web
 from bridge import __version__, logs
 from bridge.app import Hook, create_app
 from bridge.bundle import Bundle
-from bridge.errors import StorageError
+from bridge.errors import StartupError, StorageError
 from bridge.lease import Timing
 from bridge.runtime import RUNTIME, Runtime
-from bridge.store import open_backend
+from bridge.store import open_backend, open_store
 
 log = structlog.get_logger("bridge.serve")
 
 PURGE_EVERY_S = 3600.0
+BACKLOG = 128  # pending connections per listening socket (aiohttp's default)
 RESPAWN_DELAY_S = 1.0  # before replacing a worker that died, so a crash loop stays slow
+EXIT_STARTUP = 3  # a worker that could not start: the supervisor stops rather than respawn
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
@@ -76,8 +80,54 @@ def serve(bundle: Bundle, *, config_path: str) -> int:
     return run_server(bundle, config_path=config_path, reuse_port=False)
 
 
+def listen(host: str, port: int, *, reuse_port: bool) -> list[socket.socket]:
+    """Listening sockets on every address `host` resolves to, bound before anything starts;
+    StartupError naming the address and the reason when one cannot be bound."""
+    shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    try:
+        found = socket.getaddrinfo(
+            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+    except socket.gaierror as exc:
+        raise StartupError(f"cannot listen on {shown}: {exc.strerror}") from None
+    sockets: list[socket.socket] = []
+    try:
+        for family, kind, proto, _, address in dict.fromkeys(found):
+            sock = socket.socket(family, kind, proto)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if reuse_port:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            if family == socket.AF_INET6:  # as asyncio does: one family per socket
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(address)
+            sock.listen(BACKLOG)
+    except OSError as exc:
+        for sock in sockets:
+            sock.close()
+        raise StartupError(f"cannot listen on {shown}: {exc.strerror}") from None
+    return sockets
+
+
+def check_store(url: str) -> None:
+    """Open the store once (creating or migrating it) and close it; StartupError if it fails."""
+
+    async def probe() -> None:
+        store = open_store(url)
+        await store.open()
+        await store.close()
+
+    try:
+        asyncio.run(probe())
+    except StorageError as exc:
+        raise StartupError(f"cannot open the store: {exc}") from None
+
+
 def run_server(bundle: Bundle, *, config_path: str, reuse_port: bool) -> int:
+    """Serve until SIGTERM/SIGINT. The port is bound and the store opened before
+    `bridge.started`; when either fails, StartupError says which and why."""
     config = bundle.config
+    sockets = listen(config.server.host, config.server.port, reuse_port=reuse_port)
     app, _ = build(bundle, config_path=config_path)
 
     async def announce(app: web.Application) -> None:
@@ -96,16 +146,20 @@ def run_server(bundle: Bundle, *, config_path: str, reuse_port: bool) -> int:
 
     app.on_startup.append(announce)
     app.on_shutdown.append(goodbye)
-    web.run_app(
-        app,
-        host=config.server.host,
-        port=config.server.port,
-        shutdown_timeout=config.server.shutdown_timeout,
-        access_log=None,
-        print=None,
-        handle_signals=True,
-        reuse_port=reuse_port or None,
-    )
+    try:
+        web.run_app(
+            app,
+            sock=sockets,
+            shutdown_timeout=config.server.shutdown_timeout,
+            access_log=None,
+            print=None,
+            handle_signals=True,
+        )
+    except StorageError as exc:  # the store did not open: nothing was started
+        raise StartupError(f"cannot open the store: {exc}") from None
+    finally:
+        for sock in sockets:
+            sock.close()
     log.info("bridge.stopped", pid=os.getpid())
     return 0
 
@@ -123,6 +177,9 @@ def supervise(bundle: Bundle, *, config_path: str, workers: int) -> int:
             code = 1
             try:
                 code = run_server(bundle, config_path=config_path, reuse_port=True)
+            except StartupError as exc:
+                print(f"error: {exc}", file=sys.stderr, flush=True)
+                code = EXIT_STARTUP
             finally:
                 os._exit(code)
         children[pid] = number
@@ -135,6 +192,11 @@ def supervise(bundle: Bundle, *, config_path: str, workers: int) -> int:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signum)
 
+    # Port and store are checked here, before any worker exists, so that a mistake is
+    # one line rather than one per worker; the workers bind and open their own.
+    for sock in listen(bundle.config.server.host, bundle.config.server.port, reuse_port=True):
+        sock.close()
+    check_store(bundle.config.storage.url)
     for number in range(workers):
         spawn(number)
     for signum in FORWARDED:
@@ -150,11 +212,15 @@ def supervise(bundle: Bundle, *, config_path: str, workers: int) -> int:
             continue
         number = children.pop(pid)
         code = os.waitstatus_to_exitcode(status)
+        if code == EXIT_STARTUP and not stopping:  # it said why; the others would fail too
+            failed = True
+            forward(signal.SIGTERM, None)
         if stopping:
             failed |= code != 0
             continue
         log.error("bridge.worker_exited", worker=number, pid=pid, code=code)
         time.sleep(RESPAWN_DELAY_S)
-        spawn(number)
+        if not stopping:  # told to stop meanwhile (the log line may have found stdout gone)
+            spawn(number)
     log.info("bridge.stopped", pid=os.getpid())
     return 1 if failed else 0

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import stripe
 
-STRIPE_SECRET = "whsec_test_4f9c2b7e1d"
+STRIPE_SECRET = "whsec_test_4f9c2b7e1d6a0b3c"
 PIPEDRIVE_PASSWORD = "pd-pass-8c1e"
 VOXYS_TOKEN = "voxys-token-77aa"
 

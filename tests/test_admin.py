@@ -28,7 +28,7 @@ from bridge.store.base import Store
 from bridge.store.sqlite import SqliteStore
 from bridge.store.sqlite.lease import SqliteLease
 
-TOKEN = "adm-secret-5b1d"
+TOKEN = "adm-secret-5b1d-7e2c"
 NOW = 1_714_564_800.0  # 2024-05-01T12:00:00Z
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
@@ -42,7 +42,7 @@ def config_text(db: Path, *, token: str | None = TOKEN, lead_key: str = FIXED_RU
         "voxys: {api_token: t, account_id: 7}\n"
         + admin_line
         + f'storage: {{url: "sqlite:///{db}"}}\n'
-        + "sources: {stripe: {preset: stripe, secret: whsec_test}}\n"
+        + "sources: {stripe: {preset: stripe, secret: whsec_test_4f9c2b7e1d6a0b3c}}\n"
         + "rules:\n"
         + "  - name: stripe-paid\n"
         + "    source: stripe\n"
@@ -164,9 +164,11 @@ async def test_dead_letters_list_each_with_lead_reason_attempts_and_times(
     [dead_id] = await seed_dead(runtime_of(client).store, "evt_1")
     resp = await client.get("/admin/dead-letters", headers=AUTH)
     assert resp.status == 200
+    [event] = await runtime_of(client).store.list_events()
     assert await resp.json() == [
         {
             "id": dead_id,
+            "event_pk": event.pk,
             "source": "stripe",
             "rule": "stripe-paid",
             "event_id": "evt_1",
@@ -221,12 +223,12 @@ async def test_retry_when_nothing_is_dead_queues_nothing_and_wakes_nobody(
     ("body", "message"),
     [
         (b"", "the body must be a JSON object, e.g. {}"),
-        (b"{ids: [1]}", "body: Invalid JSON"),
-        (b"[1, 2]", "body: Input should be an object"),
-        (b'{"ids": "1"}', "ids: Input should be a valid array"),
-        (b'{"ids": ["1"]}', "ids.0: Input should be a valid integer"),
-        (b'{"ids": []}', "ids: List should have at least 1 item"),
-        (b'{"id": [1]}', "id: Extra inputs are not permitted"),
+        (b"{ids: [1]}", "body: not valid JSON (key must be a string at line 1 column 2)"),
+        (b"[1, 2]", "body: must be a JSON object"),
+        (b'{"ids": "1"}', "ids: must be a list"),
+        (b'{"ids": ["1"]}', "ids.0: not an integer"),
+        (b'{"ids": []}', "ids: cannot be empty"),
+        (b'{"id": [1]}', "id: unknown key"),
     ],
     ids=["empty", "not-json", "array", "ids-string", "ids-of-strings", "ids-empty", "typo"],
 )
@@ -314,17 +316,20 @@ async def test_replay_by_ids_skips_matched_events_so_nothing_is_queued_twice(
 @pytest.mark.parametrize(
     ("body", "message"),
     [
-        ({}, "body: Value error, give ids, or both outcome and since"),
-        ({"outcome": "unmapped"}, "body: Value error, give ids, or both outcome and since"),
+        ({}, "body: give ids, or an outcome (and optionally since)"),
+        ({"since": "2024-05-01T00:00:00Z"}, "body: give ids, or an outcome (and optionally since)"),
         (
             {"ids": [1], "outcome": "unmapped", "since": "2024-05-01T00:00:00Z"},
-            "body: Value error, give either ids or outcome and since, not both",
+            "body: give either ids or an outcome, not both",
         ),
-        ({"outcome": "matched", "since": "2024-05-01T00:00:00Z"}, "outcome: Input should be"),
-        ({"outcome": "unmapped", "since": "yesterday"}, "since: Input should be a valid datetime"),
-        ({"ids": [1], "dry_run": True}, "dry_run: Extra inputs are not permitted"),
+        (
+            {"outcome": "matched", "since": "2024-05-01T00:00:00Z"},
+            "outcome: must be one of unmapped or ignored",
+        ),
+        ({"outcome": "unmapped", "since": "yesterday"}, "since: not an ISO 8601 date and time"),
+        ({"ids": [1], "dry_run": True}, "dry_run: unknown key"),
     ],
-    ids=["empty", "outcome-alone", "both", "matched", "since-words", "extra"],
+    ids=["empty", "since-alone", "both", "matched", "since-words", "extra"],
 )
 async def test_a_bad_replay_body_is_400_with_a_precise_message(
     client: TestClient, body: dict[str, Any], message: str
@@ -332,6 +337,35 @@ async def test_a_bad_replay_body_is_400_with_a_precise_message(
     resp = await client.post("/admin/events/replay", json=body, headers=AUTH)
     assert resp.status == 400
     assert (await resp.json())["error"].startswith(message)
+
+
+# --- stored events ----------------------------------------------------------------------
+
+
+async def test_events_are_listed_newest_first_with_the_ids_replay_takes(
+    client: TestClient,
+) -> None:
+    store = runtime_of(client).store
+    done, lost = stripe_event("evt_done", lead_id=1), stripe_event("evt_lost", lead_id=2)
+    await store.ingest([(done, matched(done, 1))], NOW - 60)
+    await store.ingest([(lost, unmapped())], NOW - 30)
+    resp = await client.get("/admin/events", params={"outcome": "unmapped"}, headers=AUTH)
+    [listed] = await resp.json()
+    assert (listed["event_id"], listed["outcome"], listed["source"]) == (
+        "evt_lost",
+        "unmapped",
+        "stripe",
+    )
+    assert "payload" not in listed and "headers" not in listed
+    resp = await client.post(
+        "/admin/events/replay", json={"ids": [listed["event_pk"]]}, headers=AUTH
+    )
+    assert (await resp.json())["transitions"] == 1
+    resp = await client.get("/admin/events", params={"limit": "1"}, headers=AUTH)
+    assert [e["event_id"] for e in await resp.json()] == ["evt_lost"]
+    resp = await client.get("/admin/events", params={"limit": "0", "colour": "red"}, headers=AUTH)
+    assert resp.status == 400
+    assert (await resp.json())["error"] == "limit: must be at least 1; colour: unknown key"
 
 
 # --- a lead's ledger and stats --------------------------------------------------------
@@ -410,11 +444,11 @@ def test_cli_lists_and_retries_dead_letters_while_the_server_is_down(
     code, out, _ = run_cli("dead-letters", bundle, action="list", json=False)
     assert code == 0
     lines = out.splitlines()
-    assert lines[0].split()[:3] == ["id", "lead", "status"]
-    assert [line.split()[:2] for line in lines[1:]] == [
-        ["2", "7/43"],
-        ["1", "7/42"],
-    ]  # newest first
+    assert lines[0].split()[:4] == ["id", "event", "lead", "status"]
+    assert [line.split()[:3] for line in lines[1:]] == [
+        ["2", "2", "7/43"],
+        ["1", "1", "7/42"],
+    ]  # newest first; the transition's id (for retry) and its event's (for replay)
     assert lines[1].endswith("422   2024-05-01 11:59:30Z  Voxys answered 422")
     code, out, _ = run_cli("dead-letters", bundle, action="retry", id=[1], json=False)
     assert (code, out) == (0, "re-queued 1 dead letter(s)\n")
@@ -450,7 +484,7 @@ def test_cli_replay_with_a_bad_since_is_a_usage_error(make_bundle: MakeBundle) -
         "replay", bundle, id=None, outcome="unmapped", since="last tuesday", json=False
     )
     assert (code, out) == (2, "")
-    assert err.startswith("error: since: Input should be a valid datetime")
+    assert err.startswith("error: since: not an ISO 8601 date and time")
 
 
 def test_cli_explain_prints_a_readable_ledger(make_bundle: MakeBundle) -> None:
@@ -461,6 +495,8 @@ def test_cli_explain_prints_a_readable_ledger(make_bundle: MakeBundle) -> None:
     header, row = out.splitlines()
     assert header.split() == [
         "time",
+        "id",
+        "event",
         "status",
         "state",
         "rule",
@@ -471,6 +507,8 @@ def test_cli_explain_prints_a_readable_ledger(make_bundle: MakeBundle) -> None:
     assert row.split() == [
         "2024-05-01",
         "11:58:55Z",
+        "1",
+        "1",
         "won",
         "dead",
         "stripe-paid",

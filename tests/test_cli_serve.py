@@ -299,3 +299,37 @@ async def test_sigterm_lets_a_patch_in_flight_finish_and_records_it(
     finally:
         await store.close()
     assert (entry.state, entry.attempts) == ("delivered", 1)  # recorded before exiting
+
+
+def test_healthcheck_reads_only_the_server_section_of_the_config(server) -> None:
+    # Given a healthy server whose config on disk then breaks everywhere but `server:`
+    # (hot reload keeps the last good config running),
+    _, port, config = server
+    config.write_text(
+        config.read_text()
+        .replace("status: won", "status: wonn")
+        .replace("${TEST_STRIPE_SECRET}", "${UNSET_SECRET_VARIABLE}")
+        + "  - include: missing/*.yaml\n"
+    )
+    check = subprocess.run(
+        [SCRIPT, "check", "--config", str(config)], capture_output=True, text=True, check=False
+    )
+    assert check.returncode == 2
+    # then the container's health check still says what it is asked: the server answers.
+    up = subprocess.run(
+        [SCRIPT, "healthcheck", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert (up.returncode, up.stdout.strip(), up.stderr) == (0, "healthy", "")
+    # A broken `server:` section is another matter: it names the key.
+    config.write_text(config.read_text().replace(f"port: {port}", "port: eighty"))
+    broken = subprocess.run(
+        [SCRIPT, "healthcheck", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert broken.returncode == 2
+    assert broken.stderr == f"error: {config}: key 'server.port': not an integer\n"

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from bridge.config import load_config, parse_duration
-from bridge.errors import ConfigError, ConfigErrors
+from bridge.errors import ConfigErrors
 
 MINIMAL = """
 voxys:
@@ -62,12 +62,103 @@ def test_a_missing_environment_variable_names_itself_the_file_and_the_key(
 ) -> None:
     monkeypatch.delenv("TEST_VOXYS_TOKEN", raising=False)
     path = write(tmp_path, MINIMAL)
-    with pytest.raises(ConfigError) as info:
+    with pytest.raises(ConfigErrors) as info:
         load_config(path)
-    message = str(info.value)
-    assert "TEST_VOXYS_TOKEN" in message
-    assert str(path) in message
-    assert "voxys.api_token" in message
+    [error] = info.value.errors  # and not also "is empty" for the value it left behind
+    assert str(error) == (
+        f"{path}: key 'voxys.api_token': environment variable TEST_VOXYS_TOKEN is not set"
+    )
+
+
+def test_every_unset_variable_is_reported_in_one_run_each_at_its_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("TEST_VOXYS_TOKEN", "TEST_PORT", "TEST_HOST", "TEST_LEAD_FIELD", "TEST_OTHER"):
+        monkeypatch.delenv(name, raising=False)
+    rules = write(
+        tmp_path,
+        "rules:\n  - {name: from-file, source: s, lead_id: '${TEST_LEAD_FIELD}', status: won}\n",
+        "rules/a.yaml",
+    )
+    path = write(
+        tmp_path,
+        MINIMAL
+        + "server: {port: '${TEST_PORT}', public_url: 'http://${TEST_HOST}:${TEST_OTHER}'}\n"
+        + "rules:\n"
+        + "  - {name: inline, source: s, lead_id: 1, status: '${TEST_OTHER}'}\n"
+        + "  - include: rules/*.yaml\n",
+    )
+    with pytest.raises(ConfigErrors) as info:
+        load_config(path)
+    assert [str(e) for e in info.value.errors] == [
+        f"{path}: key 'voxys.api_token': environment variable TEST_VOXYS_TOKEN is not set",
+        f"{path}: key 'server.port': environment variable TEST_PORT is not set",
+        f"{path}: key 'server.public_url': environment variables TEST_HOST, TEST_OTHER are not set",
+        f"{path}: rule 'inline': key 'status': environment variable TEST_OTHER is not set",
+        f"{rules}: rule 'from-file': key 'lead_id': "
+        "environment variable TEST_LEAD_FIELD is not set",
+    ]
+
+
+def test_an_include_that_matches_no_file_is_an_error_naming_the_pattern(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TEST_VOXYS_TOKEN", "x")
+    path = write(tmp_path, MINIMAL + "rules:\n  - include: rule/*.yaml\n")
+    with pytest.raises(ConfigErrors) as info:
+        load_config(path)
+    [error] = info.value.errors
+    assert (error.file, error.key) == (str(path), "rules[0].include")
+    assert error.message == f"no file matches {tmp_path / 'rule' / '*.yaml'}"
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "message"),
+    [
+        (
+            "storage: {retention: 10 sec}",
+            "storage.retention",
+            "invalid duration '10 sec' (use 10s, 5m, 200ms)",
+        ),
+        ("server: {port: eighty}", "server.port", "not an integer"),
+        ("server: {port: 70000}", "server.port", "must be at most 65535"),
+        (
+            "server: {public_url: hooks.example.com}",
+            "server.public_url",
+            "must be an http:// or https:// URL with a host",
+        ),
+        (
+            "server: {public_url: '<your public URL>'}",
+            "server.public_url",
+            "is a placeholder (<…>): set the real value",
+        ),
+        ("logging: {format: xml}", "logging.format", "must be one of auto, json or console"),
+        ("logging: {levle: info}", "logging.levle", "unknown key"),
+        ("admin: {token: short}", "admin.token", "is too short: 5 characters, at least 16 needed"),
+        ("lookups: {deals: [1, 2]}", "lookups.deals", "must be a mapping"),
+    ],
+)
+def test_validation_messages_are_in_our_own_words(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, section: str, key: str, message: str
+) -> None:
+    monkeypatch.setenv("TEST_VOXYS_TOKEN", "x")
+    path = write(tmp_path, MINIMAL + section + "\n")
+    with pytest.raises(ConfigErrors) as info:
+        load_config(path)
+    [error] = info.value.errors
+    assert (error.key, error.message) == (key, message)
+
+
+@pytest.mark.parametrize("token", ["", "  ", "<api_access_token from your Voxys profile>"])
+def test_an_empty_or_placeholder_voxys_token_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, token: str
+) -> None:
+    monkeypatch.setenv("TEST_VOXYS_TOKEN", token)
+    with pytest.raises(ConfigErrors) as info:
+        load_config(write(tmp_path, MINIMAL))
+    [error] = info.value.errors
+    assert error.key == "voxys.api_token"
+    assert error.message in ("is empty", "is a placeholder (<…>): set the real value")
 
 
 def test_a_double_dollar_is_a_literal_dollar(
@@ -162,7 +253,7 @@ def test_a_mistake_in_an_included_rule_names_that_file_the_rule_and_the_key(
 
 def test_invalid_yaml_reports_the_line(tmp_path: Path) -> None:
     path = write(tmp_path, "voxys: {api_token: x\n  bad: [\n")
-    with pytest.raises(ConfigError, match=r"line \d+"):
+    with pytest.raises(ConfigErrors, match=r"line \d+"):
         load_config(path)
 
 

@@ -53,3 +53,29 @@ def test_every_document_the_readme_links_to_exists() -> None:
     links = re.findall(r"\]\(((?:docs|examples)/[^)#]+)\)", README.read_text())
     assert links
     assert [link for link in links if not (README.parent / link).exists()] == []
+
+
+def test_every_command_is_in_the_readme_table() -> None:
+    import argparse
+
+    from bridge.cli import build_parser
+
+    [commands] = [
+        action.choices
+        for action in build_parser()._actions
+        if isinstance(action, argparse._SubParsersAction)
+    ]
+    documented = set(re.findall(r"^\| `([a-z-]+)", README.read_text(), re.MULTILINE))
+    assert set(commands) <= documented
+
+
+def test_the_providers_guide_gives_the_ids_and_times_the_sources_use() -> None:
+    from bridge.sources.hubspot import _ID_FIELDS
+
+    text = (README.parent / "docs" / "providers.md").read_text()
+    assert f"`{':'.join(_ID_FIELDS)}`" in text  # HubSpot's composite event id
+    assert "`webhook-id` / the payload's `timestamp`" in text  # Standard Webhooks
+    pipedrive_rules = (README.parent / "config" / "rules" / "pipedrive.yaml").read_text()
+    assert "event.meta.action == 'change'" in pipedrive_rules
+    assert "event.event == 'updated.deal'" in pipedrive_rules
+    assert "`meta.action: change`; v1 sends `event: updated.deal`" in text

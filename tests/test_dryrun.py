@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from bridge.demo import ed25519_pair, example_payloads
+from bridge.demo import example_payloads
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "config" / "bridge.yaml"
@@ -28,24 +28,26 @@ ALL_PROVIDERS = EXAMPLES / "all-providers.yaml"  # config/bridge.yaml's sources 
 CORE = {"stripe", "hubspot", "pipedrive", "standard-webhooks"}  # in config/bridge.yaml itself
 ACCOUNT = 1  # VOXYS_ACCOUNT_ID below: what rules without account_id use
 
-# What config/bridge.yaml interpolates; dummies, since dry-run verifies nothing.
-DUMMY_ENV = {
-    "VOXYS_API_TOKEN": "dry-run-token",
-    "VOXYS_ACCOUNT_ID": str(ACCOUNT),
-    "VOXYS_BASE_URL": "http://127.0.0.1:9",
-    "STRIPE_WEBHOOK_SECRET": "whsec_dry_run",
-    "HUBSPOT_CLIENT_SECRET": "hubspot-dry-run",
-    "PIPEDRIVE_PASSWORD": "pipedrive-dry-run",
-    "BILLING_WEBHOOK_SECRET": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
-    # and what examples/all-providers.yaml adds
-    "PADDLE_SECRET": "pdl-dry-run",
-    "CHARGEBEE_PASSWORD": "chargebee-dry-run",
-    "SHOPIFY_CLIENT_SECRET": "shopify-dry-run",
-    "CLOSE_SIGNATURE_KEY": "0123456789abcdef",
-    "SALESFORCE_ORG_ID": "00D000000000001EAA",
-    "SALESFORCE_URL_TOKEN": "sf-dry-run",
-    "HIGHLEVEL_PUBLIC_KEY": ed25519_pair()[0],
-}
+# What dry-run reads of config/bridge.yaml's variables: no secret, since it verifies nothing.
+DUMMY_ENV = {"VOXYS_ACCOUNT_ID": str(ACCOUNT), "VOXYS_BASE_URL": "http://127.0.0.1:9"}
+# Every secret variable the shipped configs read: unset for each run (see start_dry_run).
+SECRET_VARIABLES = (
+    "VOXYS_API_TOKEN",
+    "BRIDGE_ADMIN_TOKEN",
+    "BRIDGE_STORAGE_URL",
+    "STRIPE_WEBHOOK_SECRET",
+    "HUBSPOT_CLIENT_SECRET",
+    "PIPEDRIVE_PASSWORD",
+    "BILLING_WEBHOOK_SECRET",
+    "PADDLE_SECRET",
+    "CHARGEBEE_PASSWORD",
+    "SHOPIFY_CLIENT_SECRET",
+    "CLOSE_SIGNATURE_KEY",
+    "SALESFORCE_ORG_ID",
+    "SALESFORCE_URL_TOKEN",
+    "HIGHLEVEL_PUBLIC_KEY",
+    "HIGHLEVEL_PRIVATE_KEY",
+)
 XML = ["--header", "Content-Type: text/xml"]
 WEBHOOK_ID = ["--header", "webhook-id: msg_2KWPBgLlAfxdpx2AI54pPJ85f4W"]
 
@@ -263,7 +265,8 @@ def start_dry_run(
     """Start `voxys-bridge dry-run` (with --config unless None) in the repository root."""
     options = ["--config", str(config)] if config else []
     command = [*console_script(), "dry-run", *options, *map(str, args)]
-    full_env = {**os.environ, **DUMMY_ENV, **(env or {})}
+    full_env = {k: v for k, v in os.environ.items() if k not in SECRET_VARIABLES}
+    full_env.update({**DUMMY_ENV, **(env or {})})
     if unset:
         full_env.pop(unset, None)
     return subprocess.Popen(
@@ -491,16 +494,35 @@ def test_a_header_without_a_colon_is_refused() -> None:
     assert "--header 'webhook-id msg_1' is not of the form 'Name: value'" in result.stderr
 
 
-def test_a_config_error_is_printed_like_check_does_with_exit_2() -> None:
-    result = dry_run(
-        "--source",
-        "stripe",
-        "examples/stripe/invoice.paid.json",
-        config=None,
-        unset="VOXYS_API_TOKEN",
+def test_a_config_error_is_printed_like_check_does_with_exit_2(tmp_path: Path) -> None:
+    config = tmp_path / "bridge.yaml"
+    config.write_text(
+        CONFIG.read_text().replace(
+            "account_id: ${VOXYS_ACCOUNT_ID:-1}", "account_id: ${DRY_ACCOUNT}"
+        )
     )
+    (tmp_path / "rules").symlink_to(CONFIG.parent / "rules")
+    (tmp_path / "lookups").symlink_to(CONFIG.parent / "lookups")
+    result = dry_run("--source", "stripe", "examples/stripe/invoice.paid.json", config=config)
 
     assert result.returncode == 2
-    assert "environment variable VOXYS_API_TOKEN is not set" in result.stderr
-    assert "1 error(s) in config/bridge.yaml" in result.stderr
+    assert "key 'voxys.account_id': environment variable DRY_ACCOUNT is not set" in result.stderr
+    assert f"1 error(s) in {config}" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_dry_run_needs_no_secret_of_any_source_set_or_not() -> None:
+    # Given every secret variable unset, or set to something `check` would refuse,
+    weak = {name: "x" for name in SECRET_VARIABLES if name != "BRIDGE_STORAGE_URL"}
+    for env in ({}, weak):
+        # when a payload is tried on the config with every provider,
+        result = dry_run(
+            "--source",
+            "close",
+            EXAMPLES / "close/opportunity.updated-won.json",
+            config=ALL_PROVIDERS,
+            env=env,
+        )
+        # then the rules run as with real secrets.
+        assert result.returncode == 0, result.stderr
+        assert "close-opportunity-status" in result.stdout

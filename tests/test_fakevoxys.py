@@ -147,6 +147,40 @@ async def test_a_missing_or_unknown_token_answers_401(
     assert fake.leads == {}
 
 
+async def list_leads(
+    http: aiohttp.ClientSession, fake: FakeVoxys, account: str, token: str = TOKEN, **query: str
+) -> tuple[int, Any]:
+    url = f"{fake.base_url}/api/v1/accounts/{account}/leads"
+    async with http.get(url, params=query, headers={"api_access_token": token}) as resp:
+        return resp.status, await resp.json()
+
+
+async def test_listing_an_accounts_leads_pages_them_newest_first(
+    seeded: FakeVoxys, http: aiohttp.ClientSession
+) -> None:
+    status, body = await list_leads(http, seeded, "1", per_page="1")
+    assert status == 200
+    assert body["meta"] == {"current_page": 1, "total_pages": 2, "total_count": 2}
+    [lead] = body["data"]
+    assert set(lead) == LEAD_FIELDS and lead["id"] == 43  # same created_at: the higher id
+    _, second = await list_leads(http, seeded, "1", per_page="1", page="2")
+    assert [lead["id"] for lead in second["data"]] == [42]
+    _, every = await list_leads(http, seeded, "1")  # 25 per page by default
+    assert [lead["id"] for lead in every["data"]] == [43, 42]
+
+
+async def test_listing_refuses_a_bad_token_and_an_unknown_account(
+    seeded: FakeVoxys, http: aiohttp.ClientSession
+) -> None:
+    assert await list_leads(http, seeded, "1", token="nope") == (
+        401,
+        {"error": "Invalid Access Token"},
+    )
+    assert (await list_leads(http, seeded, "2"))[0] == 404  # only account 1 was seeded
+    assert (await list_leads(http, seeded, "x"))[0] == 404
+    assert [c.method for c in seeded.calls] == ["GET", "GET", "GET"]
+
+
 async def test_a_revoked_token_is_refused_until_restored(
     fake: FakeVoxys, http: aiohttp.ClientSession
 ) -> None:

@@ -147,6 +147,9 @@ async def test_a_changed_file_counts_as_changed_until_a_load_has_read_it(
 async def test_a_new_file_matching_an_include_glob_is_a_change(reloader: Reloader) -> None:
     path = Path(reloader.config_path)
     (path.parent / "rules").mkdir()
+    (path.parent / "rules" / "first.yaml").write_text(
+        "rules: []\n"
+    )  # a glob matching none is an error
     append(path, "  - include: rules/*.yaml\n")
     assert await reloader.reload("test") == "applied"
     assert reloader.files_changed() is False

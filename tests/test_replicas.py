@@ -66,13 +66,22 @@ class Sandbox:
     """`voxys-bridge sandbox --json` in a process of its own, as Voxys is: arrivals are
     timed there, not in this test's busy event loop."""
 
-    def __init__(self, tmp_path: Path) -> None:
+    def __init__(self, tmp_path: Path, *options: str) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = tmp_path / "sandbox.jsonl"
         self._out = self.log.open("w")
         self.proc = subprocess.Popen(
-            [SCRIPT, "sandbox", "--port", str(self.port), "--token", VOXYS_TOKEN, "--json"],
+            [
+                SCRIPT,
+                "sandbox",
+                "--port",
+                str(self.port),
+                "--token",
+                VOXYS_TOKEN,
+                "--json",
+                *options,
+            ],
             stdout=self._out,
             stderr=subprocess.DEVNULL,
         )

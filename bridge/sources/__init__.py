@@ -13,6 +13,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from bridge import validation
 from bridge.errors import ConfigError, ConfigErrors
 from bridge.sources.base import Source
 
@@ -35,8 +36,14 @@ def presets() -> dict[str, type[Source]]:
     return found
 
 
-def build_sources(raw: Mapping[str, Any], *, public_url: str, file: str) -> dict[str, Source]:
-    """Validate and build every configured source; all mistakes are reported together."""
+def build_sources(
+    raw: Mapping[str, Any], *, public_url: str, file: str, parse_only: bool = False
+) -> dict[str, Source]:
+    """Validate and build every configured source; all mistakes are reported together.
+
+    `parse_only` builds each with `Source.parse_only` (for `dry-run`): its verification
+    settings are neither read nor checked.
+    """
     available = presets()
     built: dict[str, Source] = {}
     errors: list[ConfigError] = []
@@ -56,13 +63,15 @@ def build_sources(raw: Mapping[str, Any], *, public_url: str, file: str) -> dict
             )
             continue
         try:
+            if parse_only:
+                built[key] = cls.parse_only(key, entry, public_url=public_url)
+                continue
             settings = cls.settings_model.model_validate(dict(entry))
             built[key] = cls(key, settings, public_url=public_url)
         except ValidationError as exc:
-            for err in exc.errors():
-                loc = ".".join(str(p) for p in err["loc"])
+            for loc, message in validation.errors(exc, entry):
                 errors.append(
-                    ConfigError(err["msg"], file=file, key=f"{where}.{loc}" if loc else where)
+                    ConfigError(message, file=file, key=f"{where}.{loc}" if loc else where)
                 )
         except ConfigError as exc:
             exc.file = exc.file or file

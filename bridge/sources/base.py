@@ -101,6 +101,18 @@ class Source(ABC):
         self.settings = settings
         self.public_url = public_url.rstrip("/")
 
+    @classmethod
+    def parse_only(cls, key: str, entry: Mapping[str, Any], *, public_url: str) -> Source:
+        """This preset built from none of its verification settings, for `dry-run`.
+
+        It parses exactly as the configured source does, so a rule can be tried without
+        the source's secrets; it cannot verify, and is never served. Presets whose `parse`
+        reads their settings override this and read them from `entry`.
+        """
+        source = cls.__new__(cls)
+        Source.__init__(source, key, SourceSettings(preset=cls.preset), public_url=public_url)
+        return source
+
     def startup_warnings(self) -> list[str]:
         """Messages logged once at start (e.g. an unsigned source)."""
         return []
@@ -124,6 +136,11 @@ class Source(ABC):
         the URL); the first configured secret signs. Includes `Content-Type`.
         """
         raise NotImplementedError(f"preset {self.preset} cannot sign requests")
+
+    def stamp(self, body: bytes, now: float) -> bytes:
+        """The body a genuine sender sends at `now`: most send it as it is; a sender whose
+        signed body carries the sending time (HighLevel) puts `now` in it."""
+        return body
 
     def signed_query(self, query_string: str = "") -> str:
         """The query string a genuine sender uses: some carry a token there (Salesforce)."""

@@ -6,6 +6,12 @@ HMAC-SHA256, keyed by those hex-decoded bytes, of the `close-sig-timestamp` head
 value (epoch seconds) immediately followed by the raw body. The body is
 `{"subscription_id": "whsub_...", "event": {"id": "ev_...", "date_created": ..., ...}}`;
 the event's `id` is the dedupe id.
+
+Close retries a failed delivery for up to 72 hours, and its docs do not say whether
+`close-sig-timestamp` is renewed on each attempt. A five-minute tolerance could then
+refuse a genuine retry for its age alone, so the default tolerance spans the whole retry
+window (73 h): a valid retry is always accepted, and a captured request replayed within
+that window carries an event id already stored, so it is dropped as a duplicate.
 """
 
 from __future__ import annotations
@@ -17,8 +23,7 @@ from bridge.models import Event
 from bridge.sources.base import Source, SourceSettings, WebhookRequest, decode_body
 from bridge.sources.fields import id_text, occurred_at
 from bridge.sources.signing import (
-    DEFAULT_TOLERANCE,
-    Secrets,
+    SecretList,
     Tolerance,
     check_freshness,
     decode_signature,
@@ -31,25 +36,32 @@ from bridge.sources.signing import (
 
 HASH_HEADER = "close-sig-hash"
 TIMESTAMP_HEADER = "close-sig-timestamp"
+KEY_BYTES = 32  # Close returns a signature_key of 64 hex digits
+RETRY_WINDOW = 73 * 3600.0  # Close retries for 72 h; an hour more for clock skew
 
 
 def signing_key(secret: str) -> bytes:
-    """The HMAC key of a Close `signature_key`: its hex digits as bytes."""
+    """The HMAC key of a Close `signature_key`: its hex digits as bytes (32 of them)."""
     try:
         key = bytes.fromhex(secret.strip())
     except ValueError as exc:
         # The message names the expected shape only: the value is a secret.
-        raise ValueError("a Close signature key is the hex string Close returned") from exc
-    if not key:
-        raise ValueError("a Close signature key cannot be empty")
+        raise ValueError(
+            f"a Close signature key is the {KEY_BYTES * 2} hex digits Close returned"
+        ) from exc
+    if len(key) < KEY_BYTES:
+        raise ValueError(
+            f"a Close signature key is the {KEY_BYTES * 2} hex digits Close returned "
+            f"(this one has {len(key) * 2})"
+        )
     return key
 
 
 class CloseSettings(SourceSettings):
-    """`{preset: close, secret: <signature_key hex> | [...], tolerance: 300}`."""
+    """`{preset: close, secret: <signature_key hex> | [...], tolerance: 73h}`."""
 
-    secret: Annotated[Secrets, each_secret(signing_key)]
-    tolerance: Tolerance = DEFAULT_TOLERANCE
+    secret: Annotated[SecretList, each_secret(signing_key)]
+    tolerance: Tolerance = RETRY_WINDOW
 
 
 class CloseSource(Source):

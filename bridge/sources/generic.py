@@ -36,15 +36,24 @@ from __future__ import annotations
 
 import base64
 import string
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Annotated, Any, ClassVar, Literal
 from urllib.parse import parse_qs, urlencode
 
 import jinja2
 from jinja2 import meta
 from jinja2.sandbox import SandboxedEnvironment
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
+from bridge import strength
 from bridge.errors import BadRequest, ConfigError, Unauthorized
 from bridge.models import Event
 from bridge.sources import GENERIC_PRESET
@@ -54,7 +63,7 @@ from bridge.sources.signing import (
     DEFAULT_TOLERANCE,
     Algorithm,
     BasicAuth,
-    Secrets,
+    SecretList,
     Tolerance,
     basic_authorization,
     check_basic_auth,
@@ -111,13 +120,30 @@ VerifyConfig = Annotated[
 
 
 class GenericSettings(SourceSettings):
-    """A source configured by `verify:` rather than a preset."""
+    """A source configured by `verify:` rather than a preset.
+
+    A `secret` needs `strength.MIN_SECRET` characters unless `allow_weak_secret: true`
+    says the sender issues shorter ones; it is never empty, a placeholder or a bare prefix.
+    """
 
     verify: VerifyConfig
-    secret: Secrets | None = None
+    # Before `secret`: its validator reads this flag.
+    allow_weak_secret: bool = False
+    secret: SecretList | None = None
     event_id: str | None = None
     occurred_at: str | None = None
     allow_unsigned: bool = False
+
+    @field_validator("secret")
+    @classmethod
+    def _strong(
+        cls, secrets: tuple[SecretStr, ...] | None, info: ValidationInfo
+    ) -> tuple[SecretStr, ...] | None:
+        for text in (s.get_secret_value() for s in secrets or ()):
+            problem = strength.too_short(text, strength.MIN_SECRET)
+            if problem is not None and not info.data.get("allow_weak_secret", False):
+                raise ValueError(f"{problem} (or set allow_weak_secret: true)")
+        return secrets
 
 
 def compile_signed(template: str) -> list[str | tuple[str]]:
@@ -183,6 +209,19 @@ class GenericSource(Source):
         self._credential_headers = {
             h.lower() for h in (getattr(settings.verify, "header", None),) if isinstance(h, str)
         }
+
+    @classmethod
+    def parse_only(cls, key: str, entry: Mapping[str, Any], *, public_url: str) -> Source:
+        """The templates that name and time an event, and which header holds credentials."""
+        source = cls.__new__(cls)
+        Source.__init__(source, key, SourceSettings(preset=cls.preset), public_url=public_url)
+        event_id, when = entry.get("event_id"), entry.get("occurred_at")
+        source._event_id = _compile(event_id, "event_id") if isinstance(event_id, str) else None
+        source._occurred_at = _compile(when, "occurred_at") if isinstance(when, str) else None
+        verify = entry.get("verify")
+        header = verify.get("header") if isinstance(verify, Mapping) else None
+        source._credential_headers = {header.lower()} if isinstance(header, str) else set()
+        return source
 
     def _build_verifier(self, settings: GenericSettings) -> Callable[[WebhookRequest, float], None]:
         verify = settings.verify

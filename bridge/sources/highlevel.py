@@ -4,8 +4,9 @@ Follows HighLevel's webhook authentication guide (marketplace.gohighlevel.com, "
 Integration Guide"): HighLevel signs the exact body bytes with its private Ed25519 key
 and sends the base64 signature in `X-GHL-Signature`; receivers verify it with the public
 key HighLevel publishes (configured here as PEM). The body carries `webhookId` and an ISO
-8601 `timestamp`, which are signed with it: the id deduplicates redeliveries, and a
-`tolerance`, when configured, refuses old timestamps as replays.
+8601 `timestamp`, which are signed with it: the id deduplicates redeliveries, and the
+`tolerance` (5 minutes by default, as HighLevel recommends) refuses a body whose
+timestamp is older, or missing, as a replay. `tolerance: null` turns that check off.
 
 HighLevel's private key is not ours, so `sign` works only when a `private_key` is
 configured, which is for tests and the demo with a key pair of their own.
@@ -15,6 +16,8 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
+from datetime import UTC, datetime
 from typing import Annotated, Any, ClassVar
 
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
@@ -32,7 +35,13 @@ from bridge.errors import BadRequest, Unauthorized
 from bridge.models import Event
 from bridge.sources.base import Source, SourceSettings, WebhookRequest, decode_body, decode_object
 from bridge.sources.fields import body_sha256, epoch_seconds, id_text, occurred_at
-from bridge.sources.signing import Tolerance, check_freshness, decode_signature, require_header
+from bridge.sources.signing import (
+    DEFAULT_TOLERANCE,
+    Tolerance,
+    check_freshness,
+    decode_signature,
+    require_header,
+)
 
 HEADER = "X-GHL-Signature"
 
@@ -81,6 +90,8 @@ def _raw(key: Ed25519PublicKey) -> bytes:
 
 
 def _valid_public(text: str) -> str:
+    if not text:
+        raise ValueError("is empty: paste the Ed25519 public key HighLevel publishes (PEM)")
     load_public_key(text)
     return text
 
@@ -92,13 +103,16 @@ def _valid_private(secret: SecretStr | None) -> SecretStr | None:
 
 
 class HighLevelSettings(SourceSettings):
-    """`{preset: highlevel, public_key: <PEM>, tolerance: 5m}`; `private_key` for tests only."""
+    """`{preset: highlevel, public_key: <PEM>, tolerance: 5m}`; `private_key` for tests only.
+
+    `tolerance: null` accepts bodies of any age (and without a timestamp).
+    """
 
     public_key: Annotated[str, BeforeValidator(_pem_text), AfterValidator(_valid_public)]
     private_key: Annotated[
         SecretStr | None, BeforeValidator(_blank_is_none), AfterValidator(_valid_private)
     ] = None
-    tolerance: Tolerance | None = None
+    tolerance: Tolerance | None = DEFAULT_TOLERANCE
 
     @model_validator(mode="after")
     def _keys_are_a_pair(self) -> HighLevelSettings:
@@ -172,6 +186,19 @@ class HighLevelSource(Source):
             )
         signature = base64.b64encode(self._private.sign(body)).decode("ascii")
         return {"Content-Type": content_type, HEADER: signature}
+
+    def stamp(self, body: bytes, now: float) -> bytes:
+        """A JSON object body with its `timestamp` set to `now` (ISO 8601), as HighLevel
+        stamps each delivery; any other body as it is."""
+        try:
+            payload = json.loads(body)
+        except ValueError:
+            return body
+        if not isinstance(payload, dict) or "timestamp" not in payload:
+            return body
+        when = datetime.fromtimestamp(now, UTC).isoformat(timespec="milliseconds")
+        payload["timestamp"] = when.replace("+00:00", "Z")
+        return json.dumps(payload, ensure_ascii=False).encode("utf-8")
 
     def split(self, request: WebhookRequest, received_at: float) -> list[Event]:
         payload = decode_object(request, "HighLevel event")

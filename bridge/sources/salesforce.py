@@ -27,6 +27,7 @@ from defusedxml import DefusedXmlException
 from defusedxml.ElementTree import fromstring
 from pydantic import AfterValidator, SecretStr
 
+from bridge import strength
 from bridge.errors import BadRequest, RequestRejected, Unauthorized, UnsupportedMediaType
 from bridge.models import Event
 from bridge.sources.base import Answer, IngestSummary, Source, SourceSettings, WebhookRequest
@@ -67,11 +68,18 @@ OrganizationIds = Annotated[
 ]
 
 
+def _strong_token(token: SecretStr | None) -> SecretStr | None:
+    # Leave the key out to go without a token; an empty or short one would be guessable.
+    if token is not None:
+        strength.check(token.get_secret_value())
+    return token
+
+
 class SalesforceSettings(SourceSettings):
     """`{preset: salesforce, organization_ids: [00D...], token: ...}` (token optional)."""
 
     organization_ids: OrganizationIds
-    token: SecretStr | None = None
+    token: Annotated[SecretStr | None, AfterValidator(_strong_token)] = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,8 +14,18 @@ import math
 from collections.abc import Callable, Iterable
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, SecretStr
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationInfo,
+    field_validator,
+)
 
+from bridge import strength
 from bridge.config import parse_duration
 from bridge.errors import Unauthorized
 from bridge.sources.base import WebhookRequest
@@ -31,19 +41,45 @@ def _one_or_many(value: Any) -> Any:
     return [value] if isinstance(value, str | SecretStr) else value
 
 
-def _not_blank(secrets: tuple[SecretStr, ...]) -> tuple[SecretStr, ...]:
+def _each(secrets: tuple[SecretStr, ...], problem: Callable[[str], str | None]) -> None:
+    """Raise ValueError naming which secret of a rotation list has `problem`."""
+    for index, secret in enumerate(secrets, 1):
+        found = problem(secret.get_secret_value())
+        if found is not None:
+            which = f"secret {index} of {len(secrets)} " if len(secrets) > 1 else ""
+            raise ValueError(which + found)
+
+
+def _usable(secrets: tuple[SecretStr, ...]) -> tuple[SecretStr, ...]:
     if not secrets:
         raise ValueError("give at least one secret")
-    if any(not s.get_secret_value().strip() for s in secrets):
-        raise ValueError("a secret cannot be empty")
+    _each(secrets, strength.guessable)
     return secrets
 
 
+def strong(*, minimum: int = strength.MIN_SECRET, prefix: str | None = None) -> AfterValidator:
+    """A settings validator: every secret has `minimum` characters after its prefix, and
+    starts with `prefix` when the provider's format has one."""
+
+    def check(secrets: tuple[SecretStr, ...]) -> tuple[SecretStr, ...]:
+        def problem(text: str) -> str | None:
+            if prefix and not text.strip().startswith(prefix):
+                return f"must start with {prefix}"
+            return strength.too_short(text, minimum, prefix=prefix)
+
+        _each(secrets, problem)
+        return secrets
+
+    return AfterValidator(check)
+
+
 #: `secret:` in YAML: one string, or a list of strings while a secret is being rotated
-#: (a request signed with any of them is accepted).
-Secrets = Annotated[
-    tuple[SecretStr, ...], BeforeValidator(_one_or_many), AfterValidator(_not_blank)
+#: (a request signed with any of them is accepted). None may be empty, a placeholder or
+#: a bare prefix; `Secrets` also wants the usual minimum length.
+SecretList = Annotated[
+    tuple[SecretStr, ...], BeforeValidator(_one_or_many), AfterValidator(_usable)
 ]
+Secrets = Annotated[SecretList, strong()]
 
 #: How far a signed timestamp may be from now, either way: seconds or "5m".
 Tolerance = Annotated[float, BeforeValidator(parse_duration), Field(gt=0)]
@@ -52,12 +88,31 @@ DEFAULT_TOLERANCE = 300.0
 
 
 class BasicAuth(BaseModel):
-    """HTTP basic credentials a sender must present (RFC 7617)."""
+    """HTTP basic credentials a sender must present (RFC 7617).
+
+    The password needs `strength.MIN_PASSWORD` characters unless `allow_weak_password`
+    says the sender cannot do better; it is never empty.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     username: str = Field(min_length=1)
+    # Before `password`: its validator reads this flag.
+    allow_weak_password: bool = False
     password: SecretStr
+
+    @field_validator("password")
+    @classmethod
+    def _strong_password(cls, password: SecretStr, info: ValidationInfo) -> SecretStr:
+        text = password.get_secret_value()
+        problem = strength.guessable(text)
+        if problem is None and not info.data.get("allow_weak_password", False):
+            problem = strength.too_short(text, strength.MIN_PASSWORD)
+            if problem is not None:
+                problem += " (or set allow_weak_password: true)"
+        if problem is not None:
+            raise ValueError(problem)
+        return password
 
 
 def secret_bytes(secrets: Iterable[SecretStr]) -> tuple[bytes, ...]:

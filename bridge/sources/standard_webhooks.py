@@ -22,7 +22,7 @@ from bridge.sources.base import Source, SourceSettings, WebhookRequest, decode_o
 from bridge.sources.fields import occurred_at
 from bridge.sources.signing import (
     DEFAULT_TOLERANCE,
-    Secrets,
+    SecretList,
     Tolerance,
     check_freshness,
     decode_signature,
@@ -34,6 +34,8 @@ from bridge.sources.signing import (
 )
 
 SECRET_PREFIX = "whsec_"  # noqa: S105 (a format marker, not a secret)
+# The spec: symmetric secrets are "random, at least 24 bytes (192 bits)".
+MIN_KEY_BYTES = 24
 
 
 def signing_key(secret: str) -> bytes:
@@ -44,15 +46,18 @@ def signing_key(secret: str) -> bytes:
         key = base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
     except (ValueError, binascii.Error) as exc:
         raise ValueError("a Standard Webhooks secret is whsec_ followed by base64") from exc
-    if not key:
-        raise ValueError("a Standard Webhooks secret cannot be empty")
+    if len(key) < MIN_KEY_BYTES:
+        raise ValueError(
+            f"a Standard Webhooks secret holds at least {MIN_KEY_BYTES} bytes "
+            f"(this one holds {len(key)})"
+        )
     return key
 
 
 class StandardWebhooksSettings(SourceSettings):
     """`{preset: standard-webhooks, secret: whsec_<base64> | [...], tolerance: 300}`."""
 
-    secret: Annotated[Secrets, each_secret(signing_key)]
+    secret: Annotated[SecretList, each_secret(signing_key)]
     tolerance: Tolerance = DEFAULT_TOLERANCE
 
 

@@ -9,7 +9,7 @@ and any may match; other schemes (`v0`) are ignored.
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Annotated, ClassVar
 
 from bridge.errors import BadRequest, Unauthorized
 from bridge.models import Event
@@ -17,7 +17,7 @@ from bridge.sources.base import Source, SourceSettings, WebhookRequest, decode_o
 from bridge.sources.fields import id_text, occurred_at
 from bridge.sources.signing import (
     DEFAULT_TOLERANCE,
-    Secrets,
+    SecretList,
     Tolerance,
     check_freshness,
     hmac_digest,
@@ -26,15 +26,17 @@ from bridge.sources.signing import (
     parse_timestamp,
     require_header,
     secret_bytes,
+    strong,
 )
 
 HEADER = "Stripe-Signature"
+SECRET_PREFIX = "whsec_"  # noqa: S105 (every endpoint secret starts so; not a secret)
 
 
 class StripeSettings(SourceSettings):
     """`{preset: stripe, secret: whsec_... | [whsec_..., ...], tolerance: 300}`."""
 
-    secret: Secrets
+    secret: Annotated[SecretList, strong(prefix=SECRET_PREFIX)]
     tolerance: Tolerance = DEFAULT_TOLERANCE
 
 

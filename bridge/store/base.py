@@ -98,10 +98,12 @@ class LedgerEntry:
     next_attempt_at: float | None
     http_status: int | None
     reason: str | None
+    event_pk: int  # the stored event's id, as `events list` shows it and `replay --id` takes
 
     def as_json(self) -> dict[str, Any]:
         return {
             "id": self.id,
+            "event_pk": self.event_pk,
             "source": self.source,
             "event_id": self.event_id,
             "rule": self.rule,
@@ -271,6 +273,17 @@ class Store(Protocol):
         limit: int = 10_000,
     ) -> list[StoredEvent]:
         """Stored events chosen by primary key, or by outcome and received_at >= since."""
+
+    async def list_events(
+        self,
+        *,
+        outcome: Outcome | None = None,
+        source: str | None = None,
+        since: float | None = None,
+        limit: int = 100,
+    ) -> list[StoredEvent]:
+        """Stored events, newest first (received_at, then pk, descending); when given, only
+        those with `outcome`, from `source`, received at or after `since`."""
 
     async def apply_replay(self, pk: int, evaluation: Evaluation, now: float) -> int:
         """Store a new outcome for an event and queue its new transitions; returns how many.

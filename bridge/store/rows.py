@@ -36,7 +36,7 @@ def queued(row: Sequence[Any]) -> QueuedTransition:
 
 def ledger_entry(row: Sequence[Any]) -> LedgerEntry:
     """id, source, event_id, rule, account_id, lead_id, status, notes, state, occurred_at,
-    created_at, attempts, first/last/next attempt times, http_status, reason."""
+    created_at, attempts, first/last/next attempt times, http_status, reason, event pk."""
     return LedgerEntry(
         id=row[0],
         source=row[1],
@@ -55,6 +55,7 @@ def ledger_entry(row: Sequence[Any]) -> LedgerEntry:
         next_attempt_at=row[14],
         http_status=row[15],
         reason=row[16],
+        event_pk=row[17],
     )
 
 

@@ -158,7 +158,7 @@ def test_the_signed_string_follows_its_template() -> None:
 
 # --- basic, token, none -------------------------------------------------------------
 
-BASIC = {"type": "basic", "username": "hooks", "password": "pa55:word"}
+BASIC = {"type": "basic", "username": "hooks", "password": "pa55:word:2024"}
 
 
 def basic(username: str, password: str) -> dict[str, str]:
@@ -169,9 +169,9 @@ def basic(username: str, password: str) -> dict[str, str]:
 
 def test_basic_auth_accepts_the_configured_credentials_only() -> None:
     source = generic(BASIC)
-    source.verify(make_request(BODY, basic("hooks", "pa55:word")), NOW)
-    wrong = make_request(BODY, basic("hooks", "pa55:wrd"))
-    assert refused(source, wrong, NOW, "pa55:word") == "invalid credentials"
+    source.verify(make_request(BODY, basic("hooks", "pa55:word:2024")), NOW)
+    wrong = make_request(BODY, basic("hooks", "pa55:wrd:2024"))
+    assert refused(source, wrong, NOW, "pa55:word:2024") == "invalid credentials"
     assert refused(source, make_request(BODY), NOW) == "missing Authorization header"
 
 
@@ -296,64 +296,64 @@ def test_an_event_id_template_that_fails_on_an_event_is_a_bad_request(
     [
         ({"verify": HMAC_HEX}, "sources.custom.secret", "needs a secret"),
         ({"verify": {"type": "token", "header": "X-T"}}, "sources.custom.secret", "needs a secret"),
-        ({"verify": BASIC, "secret": "x"}, "sources.custom.secret", "does not use a secret"),
+        ({"verify": BASIC, "secret": SECRET}, "sources.custom.secret", "does not use a secret"),
         (
-            {"verify": {**HMAC_HEX, "signed": "{body}.{nonce}"}, "secret": "x"},
+            {"verify": {**HMAC_HEX, "signed": "{body}.{nonce}"}, "secret": SECRET},
             "sources.custom.verify.signed",
             "unknown field {nonce}",
         ),
         (
-            {"verify": {**HMAC_HEX, "signed": "{timestamp}.{body}"}, "secret": "x"},
+            {"verify": {**HMAC_HEX, "signed": "{timestamp}.{body}"}, "secret": SECRET},
             "sources.custom.verify.signed",
             "timestamp_header",
         ),
         (
-            {"verify": {**HMAC_HEX, "signed": "{body"}, "secret": "x"},
+            {"verify": {**HMAC_HEX, "signed": "{body"}, "secret": SECRET},
             "sources.custom.verify.signed",
             "'}'",
         ),
         (
-            {"verify": HMAC_HEX, "secret": "x", "event_id": "{{ event.id "},
+            {"verify": HMAC_HEX, "secret": SECRET, "event_id": "{{ event.id "},
             "sources.custom.event_id",
             "syntax",
         ),
         (
-            {"verify": HMAC_HEX, "secret": "x", "occurred_at": "{% if %}"},
+            {"verify": HMAC_HEX, "secret": SECRET, "occurred_at": "{% if %}"},
             "sources.custom.occurred_at",
             "syntax",
         ),
         (
-            {"verify": {**HMAC_HEX, "algorithm": "md5"}, "secret": "x"},
-            "sources.custom.verify.hmac.algorithm",
+            {"verify": {**HMAC_HEX, "algorithm": "md5"}, "secret": SECRET},
+            "sources.custom.verify.algorithm",
             "sha1",
         ),
         (
-            {"verify": {**HMAC_HEX, "encoding": "base32"}, "secret": "x"},
-            "sources.custom.verify.hmac.encoding",
+            {"verify": {**HMAC_HEX, "encoding": "base32"}, "secret": SECRET},
+            "sources.custom.verify.encoding",
             "hex",
         ),
         (
-            {"verify": {"type": "token", "header": "A", "query": "b"}, "secret": "x"},
-            "sources.custom.verify.token",
+            {"verify": {"type": "token", "header": "A", "query": "b"}, "secret": SECRET},
+            "sources.custom.verify",
             "exactly one",
         ),
         (
-            {"verify": {"type": "token"}, "secret": "x"},
-            "sources.custom.verify.token",
+            {"verify": {"type": "token"}, "secret": SECRET},
+            "sources.custom.verify",
             "exactly one",
         ),
         ({"verify": {"type": "jwt"}}, "sources.custom.verify", "jwt"),
         (
             {"verify": {"type": "basic", "username": "u"}},
-            "sources.custom.verify.basic.password",
+            "sources.custom.verify.password",
             "required",
         ),
         (
-            {"verify": HMAC_HEX, "secret": "x", "event": "{{ event.id }}"},
+            {"verify": HMAC_HEX, "secret": SECRET, "event": "{{ event.id }}"},
             "sources.custom.event",
-            "Extra",
+            "unknown key",
         ),
-        ({"secret": "x"}, "sources.custom.verify", "required"),
+        ({"secret": SECRET}, "sources.custom.verify", "required"),
     ],
 )
 def test_config_mistakes_name_the_file_and_the_key(
@@ -366,13 +366,13 @@ def test_config_mistakes_name_the_file_and_the_key(
 
 
 ISSUE_SOURCES = """
-stripe:    {preset: stripe, secret: whsec_test_issue}
+stripe:    {preset: stripe, secret: whsec_test_issue_8d2f4a}
 hubspot:   {preset: hubspot, secret: hubspot-client-secret}
-pipedrive: {preset: pipedrive, basic_auth: {username: voxys, password: pd-password}}
+pipedrive: {preset: pipedrive, basic_auth: {username: voxys, password: pd-password-1}}
 billing:   {preset: standard-webhooks, secret: whsec_c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0}
 custom:
   verify: {type: hmac, header: X-Signature, algorithm: sha256, encoding: hex, prefix: "sha256="}
-  secret: custom-secret
+  secret: custom-secret-9a7b
   event_id: "{{ event.id }}"
   occurred_at: "{{ event.created_at }}"
 """
@@ -388,7 +388,12 @@ def test_the_issue_sources_block_builds_every_preset() -> None:
         "billing": StandardWebhooksSource,
         "custom": GenericSource,
     }
-    for secret in ("whsec_test_issue", "hubspot-client-secret", "pd-password", "custom-secret"):
+    for secret in (
+        "whsec_test_issue_8d2f4a",
+        "hubspot-client-secret",
+        "pd-password-1",
+        "custom-secret-9a7b",
+    ):
         assert all(secret not in repr(s.settings) for s in built.values())
 
 
@@ -398,12 +403,16 @@ def test_every_mistake_in_the_sources_block_is_reported_at_once() -> None:
         stripe: {preset: stripe}
         hubspot: {preset: hubspot, secret: s, tolerance: soon}
         paddle2: {preset: padle, secret: s}
+        pipedrive: {preset: pipedrive, basic_auth: {username: u, password: "", colour: red}}
         custom: {verify: {type: none}}
         """
     )
     assert [m.split(": ")[1] for m in messages] == [
         "key 'sources.stripe.secret'",
+        "key 'sources.hubspot.secret'",
         "key 'sources.hubspot.tolerance'",
         "key 'sources.paddle2.preset'",
+        "key 'sources.pipedrive.basic_auth.password'",
+        "key 'sources.pipedrive.basic_auth.colour'",
         "key 'sources.custom.verify.type'",
     ]

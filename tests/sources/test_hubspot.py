@@ -227,5 +227,5 @@ def test_the_issue_yaml_shape_builds() -> None:
 
 def test_an_unknown_key_and_a_missing_secret_are_reported_with_file_and_key() -> None:
     messages = config_errors("hubspot: {preset: hubspot, client_secret: x}")
-    assert f"{CONFIG_FILE}: key 'sources.hubspot.secret': Field required" in messages
+    assert f"{CONFIG_FILE}: key 'sources.hubspot.secret': required" in messages
     assert any("key 'sources.hubspot.client_secret'" in m for m in messages)

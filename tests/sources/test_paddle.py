@@ -157,8 +157,8 @@ def test_the_issue_yaml_shape_builds_and_hides_the_secret() -> None:
 
 def test_a_missing_secret_is_reported_with_file_and_key() -> None:
     messages = config_errors("paddle: {preset: paddle, secrets: x}")
-    assert f"{CONFIG_FILE}: key 'sources.paddle.secret': Field required" in messages
-    assert any("key 'sources.paddle.secrets'" in m and "Extra" in m for m in messages)
+    assert f"{CONFIG_FILE}: key 'sources.paddle.secret': required" in messages
+    assert any("key 'sources.paddle.secrets'" in m and "unknown key" in m for m in messages)
 
 
 @pytest.mark.parametrize("secret", ["", "  ", []])

@@ -156,8 +156,8 @@ def test_unknown_keys_and_missing_credentials_are_reported_with_file_and_key() -
         c: {preset: pipedrive, basic_auth: {user: voxys, password: p}}
         """
     )
-    assert f"{CONFIG_FILE}: key 'sources.a.basic_auth': Field required" in messages
-    assert f"{CONFIG_FILE}: key 'sources.b.basic_auth.password': Field required" in messages
-    assert any("key 'sources.b.secret'" in m and "Extra" in m for m in messages)
-    assert any("key 'sources.c.basic_auth.user'" in m and "Extra" in m for m in messages)
-    assert f"{CONFIG_FILE}: key 'sources.c.basic_auth.username': Field required" in messages
+    assert f"{CONFIG_FILE}: key 'sources.a.basic_auth': required" in messages
+    assert f"{CONFIG_FILE}: key 'sources.b.basic_auth.password': required" in messages
+    assert any("key 'sources.b.secret'" in m and "unknown key" in m for m in messages)
+    assert any("key 'sources.c.basic_auth.user'" in m and "unknown key" in m for m in messages)
+    assert f"{CONFIG_FILE}: key 'sources.c.basic_auth.username': required" in messages

@@ -243,7 +243,7 @@ def test_a_bad_organization_id_list_is_a_config_error(orgs: list[str]) -> None:
 
 def test_organization_ids_are_required() -> None:
     [message] = config_errors({"sf": {"preset": "salesforce"}})
-    assert "key 'sources.sf.organization_ids': Field required" in message
+    assert "key 'sources.sf.organization_ids': required" in message
 
 
 # Over HTTP: stored, then acknowledged

@@ -36,7 +36,7 @@ def test_every_preset_parses_through_the_clamp() -> None:
 
 
 def test_a_source_bounds_what_its_provider_claims() -> None:
-    stripe = build_one({"preset": "stripe", "secret": "whsec_test_times"})
+    stripe = build_one({"preset": "stripe", "secret": "whsec_test_times_8c2e4a1f"})
     body = json.dumps({"id": "evt_1", "created": int(NOW) + 3600}).encode()
     [stated] = stripe.split(make_request(body), received_at=NOW)
     [parsed] = stripe.parse(make_request(body), received_at=NOW)

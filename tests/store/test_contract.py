@@ -750,6 +750,8 @@ async def test_ledger_lists_every_transition_of_one_lead_newest_first(
     assert {(e.account_id, e.lead_id) for e in ledger} == {(7, 1)}
     assert ledger[1].created_at == T0 + 1
     as_json = ledger[0].as_json()
+    [newest] = await store.list_events(limit=1)
+    assert ledger[0].event_pk == newest.pk  # the event of each transition, by its id
     assert as_json["state"] == "pending"
     assert as_json["status"] == "won"
     assert await store.ledger(7, 3) == []
@@ -781,6 +783,55 @@ async def test_events_for_replay_by_outcome_and_since(store: Store, events: Even
     assert [e.event.received_at for e in chosen] == [T0, T0 + 5]
     assert {e.outcome for e in chosen} == {Outcome.IGNORED}
     assert len(limited) == 1
+
+
+async def test_list_events_is_newest_first_with_outcome_rule_and_reason(
+    store: Store, events: Events
+) -> None:
+    unmapped = events.unmapped(reason="lead_id is not an integer")
+    await store.ingest([events.ignored(received_at=T0 - 10)], T0 - 10)
+    await store.ingest([events.matched(received_at=T0)], T0)
+    await store.ingest([unmapped], T0 + 10)
+
+    listed = await store.list_events()
+
+    assert [(e.outcome, e.rule, e.reason) for e in listed] == [
+        (Outcome.UNMAPPED, "paid", "lead_id is not an integer"),
+        (Outcome.MATCHED, "paid", None),
+        (Outcome.IGNORED, None, None),
+    ]
+    assert listed[0].event.event_id == unmapped[0].event_id
+    assert [e.pk for e in listed] == sorted((e.pk for e in listed), reverse=True)
+    # the ids it shows are the ones replay takes
+    [again] = await store.events_for_replay(ids=[listed[0].pk])
+    assert again.event.event_id == unmapped[0].event_id
+
+
+async def test_list_events_filters_by_outcome_source_and_since_and_stops_at_the_limit(
+    store: Store, events: Events
+) -> None:
+    await store.ingest(
+        [
+            events.ignored(received_at=T0 - 100),
+            events.ignored(received_at=T0),
+            events.matched(received_at=T0 + 5, source="hubspot"),
+            events.matched(received_at=T0 + 6),
+        ],
+        T0 + 6,
+    )
+
+    ignored = await store.list_events(outcome=Outcome.IGNORED)
+    recent = await store.list_events(since=T0)
+    hubspot = await store.list_events(source="hubspot")
+    both = await store.list_events(outcome=Outcome.MATCHED, source="stripe", since=T0)
+    limited = await store.list_events(limit=2)
+
+    assert [e.event.received_at for e in ignored] == [T0, T0 - 100]
+    assert [e.event.received_at for e in recent] == [T0 + 6, T0 + 5, T0]
+    assert [(e.event.source, e.outcome) for e in hubspot] == [("hubspot", Outcome.MATCHED)]
+    assert [e.event.received_at for e in both] == [T0 + 6]
+    assert [e.event.received_at for e in limited] == [T0 + 6, T0 + 5]
+    assert await store.list_events(source="nobody") == []
 
 
 async def test_apply_replay_stores_the_new_outcome_and_queues_new_transitions(

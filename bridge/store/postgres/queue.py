@@ -1,7 +1,7 @@
 """The delivery queue in PostgreSQL: queueing, claiming per lead, and settling transitions.
 
 Async functions over one connection inside the caller's READ COMMITTED transaction.
-Same rules as sqlite_queue.py, made safe for several connections and processes:
+Same rules as sqlite/queue.py, made safe for several connections and processes:
 
 Lead lock. The lead's row in `leads` is its lock. Every function that changes a
 lead's transitions holds that row (FOR UPDATE) before it reads them to decide or to

@@ -5,7 +5,7 @@ applied in ONE transaction that first takes `pg_advisory_xact_lock(MIGRATION_LOC
 replicas starting at once queue on the lock, and each one that gets it re-reads the
 version, so each step is applied exactly once; DDL is transactional in PostgreSQL, so
 a crash mid-migration leaves the previous version intact. The tables mirror SQLite's
-(schema.py), with the same meaning; never edit a released migration: append one.
+(sqlite/schema.py), with the same meaning; never edit a released migration: append one.
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ MIGRATIONS: tuple[Migration, ...] = (
         "CREATE INDEX transitions_event ON transitions (event_pk)",
         "CREATE INDEX transitions_dead ON transitions (settled_at, id) WHERE state = 'dead'",
         # One row per lead ever seen; *_due_at cache when the lead can next be claimed
-        # without / with coalescing (see schema.py). The row is also the lead's lock:
+        # without / with coalescing (see sqlite/schema.py). The row is also the lead's lock:
         # whoever changes a lead's transitions holds it (postgres_queue.py).
         """
         CREATE TABLE leads (

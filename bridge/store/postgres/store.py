@@ -6,7 +6,7 @@ server's own group commit shares WAL flushes between concurrent commits). A
 transaction aborted by a deadlock or serialization failure is retried a few times.
 
 Concurrency. Several processes may use one database at once: migrations are applied
-under an advisory lock (postgres_schema.py) and the queue locks per lead, claiming with
+under an advisory lock (schema.py) and the queue locks per lead, claiming with
 FOR UPDATE SKIP LOCKED (postgres_queue.py).
 
 URL. `postgresql://user:password@host:5432/db` (or `postgres://`), with the bridge's own
@@ -67,7 +67,7 @@ _BIGINT: Final = range(-(2**63), 2**63)
 LEDGER: Final = (
     "t.id, e.source, e.event_id, t.rule, t.account_id, t.lead_id, t.status, t.notes, t.state,"
     " t.occurred_at, t.created_at, t.attempts, t.first_attempt_at, t.last_attempt_at,"
-    " t.next_attempt_at, t.http_status, t.reason"
+    " t.next_attempt_at, t.http_status, t.reason, e.pk"
 )
 EVENT: Final = (
     "pk, source, event_id, occurred_at, received_at, payload, headers, outcome, rule, reason"
@@ -461,6 +461,24 @@ class PostgresStore:
             )
             value = None if outcome is None else str(outcome)
             rows = await self._fetch("events_for_replay", sql, value, since, limit)
+        return [stored_event(row) for row in rows]
+
+    async def list_events(
+        self,
+        *,
+        outcome: Outcome | None = None,
+        source: str | None = None,
+        since: float | None = None,
+        limit: int = 100,
+    ) -> list[StoredEvent]:
+        sql = (  # newest first; a NULL parameter leaves its condition out
+            f"SELECT {EVENT} FROM events"  # noqa: S608
+            " WHERE ($1::text IS NULL OR outcome = $1) AND ($2::text IS NULL OR source = $2)"
+            " AND ($3::float8 IS NULL OR received_at >= $3)"
+            " ORDER BY received_at DESC, pk DESC LIMIT $4"
+        )
+        value = None if outcome is None else str(outcome)
+        rows = await self._fetch("list_events", sql, value, source, since, limit)
         return [stored_event(row) for row in rows]
 
     async def _fetch(self, op: str, sql: str, *args: Any) -> list[Any]:

@@ -22,6 +22,7 @@ from bridge.errors import StorageError
 log = structlog.get_logger("bridge.wakeup")
 
 CONNECT_TIMEOUT = 5.0
+_FAILURES = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError, StorageError)
 
 
 def channel(schema: str) -> str:
@@ -49,25 +50,27 @@ class PostgresNotify:
             self._pending = asyncio.get_running_loop().create_task(self._notify())
 
     async def notify(self) -> None:
-        await self._notify()
+        """Publish once and wait for it; StorageError when PostgreSQL cannot be reached."""
+        try:
+            await self._send()
+        except _FAILURES as exc:
+            self._notifier = None
+            raise StorageError(f"NOTIFY failed: {type(exc).__name__}") from None
 
     @property
     def channel(self) -> str:
         """The channel of this store's tables (the store must be open)."""
         return channel(self._resolve())
 
+    async def _send(self) -> None:
+        if self._notifier is None or self._notifier.is_closed():
+            self._notifier = await self._connect()
+        await self._notifier.execute(f"NOTIFY {self.channel}")
+
     async def _notify(self) -> None:
         try:
-            if self._notifier is None or self._notifier.is_closed():
-                self._notifier = await self._connect()
-            await self._notifier.execute(f"NOTIFY {self.channel}")
-        except (
-            OSError,
-            asyncpg.PostgresError,
-            asyncpg.InterfaceError,
-            TimeoutError,
-            StorageError,
-        ) as exc:
+            await self._send()
+        except _FAILURES as exc:
             # The deliverer's safety-net poll still finds the work.
             log.warning("wakeup.notify_failed", error=type(exc).__name__)
             self._notifier = None

@@ -18,7 +18,7 @@ from bridge.store.sqlite.queue import FROM, IN_IDS, LeadKey
 LEDGER = (
     "t.id, e.source, e.event_id, t.rule, t.account_id, t.lead_id, t.status, t.notes, t.state,"
     " t.occurred_at, t.created_at, t.attempts, t.first_attempt_at, t.last_attempt_at,"
-    " t.next_attempt_at, t.http_status, t.reason"
+    " t.next_attempt_at, t.http_status, t.reason, e.pk"
 )
 EVENT = "pk, source, event_id, occurred_at, received_at, payload, headers, outcome, rule, reason"
 
@@ -69,6 +69,32 @@ def events_matching(
     clause = f"WHERE {' AND '.join(where)}" if where else ""
     rows = conn.execute(
         f"SELECT {EVENT} FROM events {clause} ORDER BY received_at, pk LIMIT ?",  # noqa: S608
+        (*params, limit),
+    ).fetchall()
+    return [stored_event(row) for row in rows]
+
+
+def list_events(
+    conn: sqlite3.Connection,
+    outcome: Outcome | None,
+    source: str | None,
+    since: float | None,
+    limit: int,
+) -> list[StoredEvent]:
+    """Stored events, newest first, optionally by outcome, source and received_at >= since."""
+    where: list[str] = []
+    params: list[Any] = []
+    for condition, value in (("outcome = ?", outcome), ("source = ?", source)):
+        if value is not None:
+            where.append(condition)
+            params.append(str(value))
+    if since is not None:
+        where.append("received_at >= ?")
+        params.append(since)
+    clause = f"WHERE {' AND '.join(where)}" if where else ""
+    rows = conn.execute(
+        f"SELECT {EVENT} FROM events {clause}"  # noqa: S608
+        " ORDER BY received_at DESC, pk DESC LIMIT ?",
         (*params, limit),
     ).fetchall()
     return [stored_event(row) for row in rows]

@@ -1,7 +1,7 @@
 """SqliteStore: the embedded default store, one SQLite file in WAL mode.
 
 Threads. One writer thread owns the only write connection and group-commits every
-write queued meanwhile (sqlite_threads.Writer); one reader thread serves reads from
+write queued meanwhile (threads.Writer); one reader thread serves reads from
 its own connection, which WAL lets run beside the writer; one checkpointer thread
 copies the WAL back into the database so that no caller's commit pays for it.
 
@@ -48,6 +48,7 @@ from bridge.store.sqlite.reads import (
     events_by_ids,
     events_matching,
     ledger,
+    list_events,
     stats,
 )
 from bridge.store.sqlite.schema import migrate
@@ -61,6 +62,33 @@ PURGE_CHUNK: Final = 1000  # events per purge transaction, so ingest is not held
 URL_HELP: Final = (
     "write sqlite:///relative/path.db, sqlite:////absolute/path.db or sqlite://:memory:"
 )
+
+
+def check_writable(db: Path) -> None:
+    """Create `db`'s directory if needed and make sure the database can be written there;
+    a StorageError naming the path and the reason otherwise (sqlite3 names neither)."""
+    parent = db.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except FileExistsError as exc:
+        raise StorageError(f"cannot use {parent} as the directory of {db}: it is a file") from exc
+    except OSError as exc:
+        raise StorageError(
+            f"cannot create the directory {parent} for {db}: {exc.strerror}"
+        ) from exc
+    try:
+        # WAL mode creates <db>-wal and <db>-shm beside the database: the directory must
+        # be writable, not only the file.
+        with tempfile.TemporaryFile(dir=parent):
+            pass
+        if db.exists():
+            with db.open("r+b"):
+                pass
+    except IsADirectoryError as exc:
+        raise StorageError(f"cannot use {db} as the database: it is a directory") from exc
+    except OSError as exc:
+        where = db if exc.filename == str(db) else parent
+        raise StorageError(f"cannot write in {where} (the database {db}): {exc.strerror}") from exc
 
 
 class SqliteStore:
@@ -133,6 +161,11 @@ class SqliteStore:
         return self._db
 
     @property
+    def file(self) -> Path | None:
+        """The database file the URL names, open or not (None: a throwaway database)."""
+        return self._path
+
+    @property
     def commits(self) -> int:
         """Transactions committed by the writer since `open`: one per group, not per call."""
         return self._writer.commits if self._writer else 0
@@ -182,13 +215,7 @@ class SqliteStore:
         else:
             self._db = self._path
             if not self._read_only:
-                try:
-                    self._db.parent.mkdir(parents=True, exist_ok=True)
-                except OSError as exc:
-                    raise StorageError(
-                        f"sqlite open failed: cannot create directory {self._db.parent}: "
-                        f"{exc.strerror}"
-                    ) from exc
+                check_writable(self._db)
         writer = Writer(self._connect_writer)
         reader = Reader(partial(self._connect, query_only=True))
         try:
@@ -393,6 +420,17 @@ class SqliteStore:
         else:
             work = partial(events_matching, outcome=outcome, since=since, limit=limit)
         return await self._r().run("events_for_replay", work)
+
+    async def list_events(
+        self,
+        *,
+        outcome: Outcome | None = None,
+        source: str | None = None,
+        since: float | None = None,
+        limit: int = 100,
+    ) -> list[StoredEvent]:
+        work = partial(list_events, outcome=outcome, source=source, since=since, limit=limit)
+        return await self._r().run("list_events", work)
 
     async def stats(self, now: float) -> Stats:
         result = await self._r().run("stats", partial(stats, now=now))
