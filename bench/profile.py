@@ -216,7 +216,7 @@ async def profile(
         "--format",
         "raw",
         "--threads",
-        "--nonblocking",
+        *([] if args.blocking else ["--nonblocking"]),
         "--output",
         str(raw),
         stdout=asyncio.subprocess.DEVNULL,
@@ -299,6 +299,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--rate", type=int, default=250, help="py-spy samples per second")
     parser.add_argument("--against", metavar="REV", help="also profile the bridge as of git REV")
+    parser.add_argument(
+        "--blocking", action="store_true", help="let py-spy pause the process per sample"
+    )
     parser.add_argument("--top", type=int, default=15, help="leaf frames listed per thread")
     parser.add_argument("--raw-out", help="keep py-spy's raw stacks as RAW_OUT.<build>")
     default_spy = Path(sys.executable).parent / "py-spy"
