@@ -592,7 +592,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--max-rate",
         type=int,
-        default=5000,
+        default=10000,
         help="unique requests prepared per second of run (beyond it wrk repeats them)",
     )
     parser.add_argument("--workers", type=int, default=1, help="the bridge's server.workers")
