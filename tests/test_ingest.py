@@ -97,6 +97,18 @@ async def test_malformed_json_from_an_authenticated_sender_is_400(client: TestCl
     assert resp.status == 400
 
 
+@pytest.mark.parametrize("number", [b"NaN", b"-Infinity", b"1e400"])
+async def test_a_number_json_cannot_carry_is_400_and_stores_nothing(
+    client: TestClient, number: bytes
+) -> None:
+    # RFC 8259 has no NaN or Infinity, and 1e400 decodes to an infinity JSON cannot write.
+    body = stripe_event("evt_nan").replace(b'"created": ', b'"x": ' + number + b', "created": ')
+    resp = await client.post("/webhooks/stripe", data=body, headers=stripe_headers(body))
+    assert resp.status == 400
+    assert (await resp.json())["error"] == "malformed JSON"
+    assert await stored_events(client) == []
+
+
 async def test_an_empty_body_is_400(client: TestClient) -> None:
     resp = await client.post("/webhooks/pipedrive", data=b"", headers={"Authorization": basic()})
     assert resp.status == 400

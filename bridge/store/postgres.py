@@ -20,7 +20,6 @@ Other query parameters (sslmode, ...) are asyncpg's. Error messages never quote 
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Final, TypeVar
@@ -33,7 +32,7 @@ from bridge.models import Evaluation, Event, Outcome
 from bridge.store import postgres_queue as q
 from bridge.store.base import Claim, IngestResult, LedgerEntry, Stats, StoredEvent, TransitionState
 from bridge.store.postgres_schema import migrate
-from bridge.store.rows import ledger_entry, stored_event
+from bridge.store.rows import json_text, ledger_entry, stored_event
 
 T = TypeVar("T")
 
@@ -470,11 +469,6 @@ async def _terminate(pool: Any) -> None:
         pool.terminate()
 
 
-def _json(value: Any) -> str:
-    # ensure_ascii (the default) escapes NUL and lone surrogates, which text cannot hold.
-    return json.dumps(value, separators=(",", ":"))
-
-
 def _event_row(item: tuple[Event, Evaluation]) -> tuple[Any, ...]:
     event, evaluation = item
     return (
@@ -482,8 +476,8 @@ def _event_row(item: tuple[Event, Evaluation]) -> tuple[Any, ...]:
         q.text(event.event_id),
         event.occurred_at,
         event.received_at,
-        _json(event.payload),
-        _json(dict(event.headers)),
+        json_text(event.payload),
+        json_text(dict(event.headers)),
         str(evaluation.outcome),
         q.text(evaluation.rule),
         q.text(evaluation.reason),

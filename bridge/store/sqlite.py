@@ -42,6 +42,7 @@ from bridge.store.base import (
     Stats,
     StoredEvent,
 )
+from bridge.store.rows import json_text
 from bridge.store.schema import migrate
 from bridge.store.sqlite_reads import (
     dead_letters,
@@ -395,19 +396,14 @@ class SqliteStore:
 _Prepared = tuple[tuple[Any, ...], float, Sequence[Any]]  # events row, occurred_at, transitions
 
 
-def _json(value: Any) -> str:
-    # ensure_ascii (the default) escapes lone surrogates, which UTF-8 cannot store.
-    return json.dumps(value, separators=(",", ":"))
-
-
 def _prepare(event: Event, evaluation: Evaluation) -> _Prepared:
     row = (
         q.text(event.source),
         q.text(event.event_id),
         event.occurred_at,
         event.received_at,
-        _json(event.payload),
-        _json(dict(event.headers)),
+        json_text(event.payload),
+        json_text(dict(event.headers)),
         str(evaluation.outcome),
         q.text(evaluation.rule),
         q.text(evaluation.reason),
