@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ from bridge.models import Event
 
 # Headers that carry credentials: verified, never stored with an event nor logged.
 SENSITIVE_HEADER_PARTS = ("authorization", "cookie", "signature", "token", "secret", "api-key")
+_SENSITIVE = re.compile("|".join(map(re.escape, SENSITIVE_HEADER_PARTS)))  # one scan per name
 
 # How far an event's own time may lie past its arrival before it is not believed.
 # The newest event of a lead wins, so a time in the future (a drifted clock, or one
@@ -56,11 +58,7 @@ class WebhookRequest:
 
     def safe_headers(self) -> dict[str, str]:
         """Headers without credentials or signatures: what may be stored and shown to rules."""
-        return {
-            k: v
-            for k, v in self.headers.items()
-            if not any(part in k for part in SENSITIVE_HEADER_PARTS)
-        }
+        return {k: v for k, v in self.headers.items() if not _SENSITIVE.search(k)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +68,11 @@ class Answer:
     status: int = 200
     body: bytes = b""
     content_type: str = "application/json"
+
+
+# Answers are immutable: the usual acknowledgements are encoded once, not per request.
+_ACKNOWLEDGEMENTS: dict[tuple[int, int], Answer] = {}
+MAX_ACKNOWLEDGEMENTS = 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,8 +173,14 @@ class Source(ABC):
 
     def acknowledge(self, summary: IngestSummary) -> Answer:
         """The 2xx answer sent once the request's events are committed."""
-        body = {"ok": True, "events": summary.events, "duplicates": summary.duplicates}
-        return Answer(body=json.dumps(body).encode())
+        key = (summary.events, summary.duplicates)
+        answer = _ACKNOWLEDGEMENTS.get(key)
+        if answer is None:
+            body = {"ok": True, "events": summary.events, "duplicates": summary.duplicates}
+            answer = Answer(body=json.dumps(body).encode())
+            if len(_ACKNOWLEDGEMENTS) < MAX_ACKNOWLEDGEMENTS:
+                _ACKNOWLEDGEMENTS[key] = answer
+        return answer
 
 
 def bounded(event: Event) -> Event:
