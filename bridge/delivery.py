@@ -60,9 +60,20 @@ class Deliverer:
         self._wake = asyncio.Event()
         self._stopping = False
         self._tasks: set[asyncio.Task[None]] = set()
+        self._idle = False  # waiting for new work (not for a free slot or the token)
+        self._news = False  # work was stored since the last claim began
 
     def wake(self, _count: int = 0) -> None:
+        """Look again now (the clock moved, a wake-up arrived from another process)."""
         self._wake.set()
+
+    def stored(self, _count: int = 0) -> None:
+        """New work was stored here. Wakes the worker only when it waits for work: a
+        worker waiting for a free slot or for the token would only look and sleep again,
+        and ingest calls this for every webhook."""
+        self._news = True
+        if self._idle:
+            self._wake.set()
 
     @property
     def config(self) -> RetryConfig:
@@ -108,6 +119,7 @@ class Deliverer:
         # Claim no more than one rate-limit window's worth: what is claimed waits in flight
         # for the pacer, and a transition waiting there cannot be coalesced any more.
         rate = voxys.rate_limit.requests if self.client.pacer.configured else room
+        self._news = False
         try:
             claim = await self.runtime.store.claim_due(
                 now, min(room, max(1, rate)), coalesce=voxys.coalesce
@@ -128,11 +140,15 @@ class Deliverer:
             task = asyncio.create_task(self._send(t))
             self._tasks.add(task)
             task.add_done_callback(self._done)
-        if not claim.claimed:
+        if not claim.claimed and not self._news:  # news: stored while we claimed
             until = IDLE_POLL_S
             if claim.next_due_at is not None:
                 until = min(until, max(0.0, claim.next_due_at - self.clock()))
-            await self._sleep(until)
+            self._idle = True
+            try:
+                await self._sleep(until)
+            finally:
+                self._idle = False
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
@@ -283,8 +299,9 @@ class Leader:
         runtime.delivery_role = lambda: self.role
 
     def wake(self, count: int = 0) -> None:
+        """New work was stored in this process (`Runtime.on_stored`)."""
         if self.deliverer is not None:
-            self.deliverer.wake(count)
+            self.deliverer.stored(count)
 
     def paused_tokens(self) -> int:
         return self.deliverer.paused_tokens() if self.deliverer is not None else 0
