@@ -8,14 +8,15 @@ signatures are fresh. The baseline is a bare aiohttp app (same Python, one proce
 `web.run_app`) that reads the body and answers 200, fed the same requests.
 
     python -m bench ingest [--duration 10] [--concurrency 1,16,64] [--runs 3]
-                           [--workers 1] [--against REV]
+                           [--workers 1[,2]] [--against REV]
 
 The headline figure is CPU µs per accepted webhook: the server's user+system time
 over the run (all its threads and worker processes, from /proc) divided by its 2xx
 answers, for the bridge and for the bare app. It moves far less than req/s when other
 work shares the cores. `--against REV` also runs the bridge as of git revision REV
 (its `bridge/` exported to a temporary directory and put first on PYTHONPATH), in
-turn with this tree's, so that before and after meet the same noise.
+turn with this tree's, so that before and after meet the same noise; `--workers 1,2`
+runs each build with each `server.workers` value, in turn, likewise.
 
 Prints a table (medians over runs) and a JSON document. After each bridge run the
 server is stopped gracefully and the SQLite file is counted: events stored must equal
@@ -42,7 +43,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -316,6 +317,7 @@ class Build:
 
     label: str
     source: Path | None = None
+    workers: int = 1
 
     def env(self) -> dict[str, str] | None:
         if self.source is None:
@@ -325,7 +327,7 @@ class Build:
 
 def export(rev: str, into: Path) -> Build:
     """`bridge/` as of git revision `rev`, unpacked under `into`."""
-    into.mkdir()
+    into.mkdir(exist_ok=True)
     archive = subprocess.run(
         ["git", "-C", str(ROOT), "archive", rev, "bridge"], check=True, capture_output=True
     ).stdout
@@ -346,7 +348,6 @@ class Bench:
     bare: str  # the baseline server's base URL
     bare_pid: int
     bridge_cmd: str
-    workers: int = 1
 
     async def bridge(
         self,
@@ -372,7 +373,7 @@ class Bench:
         )
         config.write_text(
             text.replace(
-                "shutdown_timeout: 5s}", f"shutdown_timeout: 5s, workers: {self.workers}}}"
+                "shutdown_timeout: 5s}", f"shutdown_timeout: 5s, workers: {build.workers}}}"
             )
         )
         url = f"http://127.0.0.1:{port}"
@@ -447,13 +448,13 @@ def aggregate(
 
 def table(rows: list[dict]) -> str:
     head = (
-        f"{'build':<8}{'source':<8}{'c':>4} | {'CPU µs/req':>10}{'main+other':>12}"
+        f"{'build':<12}{'source':<8}{'c':>4} | {'CPU µs/req':>10}{'main+other':>12}"
         f"{'req/s':>7}{'ev/s':>8}"
         f"{'p50':>7}{'p99':>7}{'err':>4} | {'CPU µs/req':>10}{'req/s':>7}{'p50':>6}{'p99':>6}"
         f"{'err':>4} | {'ratio':>6}{'CPU×':>6} {'load':>9}  stored=2xx"
     )
     lines = [
-        f"{'':<20} | {'bridge':<56} | {'bare aiohttp':<33} |",
+        f"{'':<24} | {'bridge':<56} | {'bare aiohttp':<33} |",
         head,
         "-" * len(head),
     ]
@@ -461,7 +462,7 @@ def table(rows: list[dict]) -> str:
         b, a = r["bridge"], r["baseline"]
         split = f"{b['cpu_main_us']}+{b['cpu_other_us']}"
         lines.append(
-            f"{r['build'][:7]:<8}{r['source']:<8}{r['concurrency']:>4} | "
+            f"{r['build'][:11]:<12}{r['source']:<8}{r['concurrency']:>4} | "
             f"{b['cpu_us']:>10,}{split:>12}{b['rps']:>7,}"
             f"{b['events_per_s']:>8,}{b['p50_ms']:>7.2f}{b['p99_ms']:>7.2f}"
             f"{b['non_2xx'] + b['socket_errors']:>4} | {a['cpu_us']:>10,}{a['rps']:>7,}"
@@ -512,10 +513,18 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         argv = [sys.executable, "-m", "bench.ingest", "bare", "--port", str(port)]
         bare = Process(argv, Path(tmp) / "bare.log")
         await bare.start(bare_url + "/")
-        bench = Bench(Path(tmp), voxys, bare_url, bare.pid, console_script(), args.workers)
-        builds = [Build("this")]
+        bench = Bench(Path(tmp), voxys, bare_url, bare.pid, console_script())
+        trees = [Build("this")]
         if args.against:
-            builds.append(export(args.against, Path(tmp) / "against"))
+            trees.append(export(args.against, Path(tmp) / "against"))
+        workers = [int(w) for w in args.workers.split(",")]
+        builds = [
+            replace(
+                tree, label=tree.label if len(workers) == 1 else f"{tree.label} w{w}", workers=w
+            )
+            for tree in trees
+            for w in workers
+        ]
         for source, c, count, duration, bodies in plan:
             bridge_rows: dict[str, list[dict]] = {b.label: [] for b in builds}
             bare_rows: list[dict] = []
@@ -595,7 +604,7 @@ def main(argv: list[str] | None = None) -> None:
         default=10000,
         help="unique requests prepared per second of run (beyond it wrk repeats them)",
     )
-    parser.add_argument("--workers", type=int, default=1, help="the bridge's server.workers")
+    parser.add_argument("--workers", default="1", help="the bridge's server.workers (comma list)")
     parser.add_argument("--against", metavar="REV", help="also run the bridge as of git REV")
     parser.add_argument("--json-out", type=Path, help="also write the JSON document here")
     sub = parser.add_subparsers(dest="command")
