@@ -8,14 +8,15 @@ signatures are fresh. The baseline is a bare aiohttp app (same Python, one proce
 `web.run_app`) that reads the body and answers 200, fed the same requests.
 
     python -m bench ingest [--duration 10] [--concurrency 1,16,64] [--runs 3]
-                           [--workers 1[,2]] [--against REV]
+                           [--workers 1[,2]] [--against REV[,REV...]]
 
 The headline figure is CPU µs per accepted webhook: the server's user+system time
 over the run (all its threads and worker processes, from /proc) divided by its 2xx
 answers, for the bridge and for the bare app. It moves far less than req/s when other
 work shares the cores. `--against REV` also runs the bridge as of git revision REV
 (its `bridge/` exported to a temporary directory and put first on PYTHONPATH), in
-turn with this tree's, so that before and after meet the same noise; `--workers 1,2`
+turn with this tree's, so that before and after meet the same noise (a comma list
+runs several revisions: one lever after another); `--workers 1,2`
 runs each build with each `server.workers` value, in turn, likewise.
 
 Prints a table (medians over runs) and a JSON document. After each bridge run the
@@ -515,8 +516,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         await bare.start(bare_url + "/")
         bench = Bench(Path(tmp), voxys, bare_url, bare.pid, console_script())
         trees = [Build("this")]
-        if args.against:
-            trees.append(export(args.against, Path(tmp) / "against"))
+        for n, rev in enumerate(filter(None, (args.against or "").split(","))):
+            trees.append(export(rev, Path(tmp) / f"against-{n}"))
         workers = [int(w) for w in args.workers.split(",")]
         builds = [
             replace(
@@ -605,7 +606,9 @@ def main(argv: list[str] | None = None) -> None:
         help="unique requests prepared per second of run (beyond it wrk repeats them)",
     )
     parser.add_argument("--workers", default="1", help="the bridge's server.workers (comma list)")
-    parser.add_argument("--against", metavar="REV", help="also run the bridge as of git REV")
+    parser.add_argument(
+        "--against", metavar="REV", help="also run the bridge as of git REV (comma list)"
+    )
     parser.add_argument("--json-out", type=Path, help="also write the JSON document here")
     sub = parser.add_subparsers(dest="command")
     bare = sub.add_parser("bare", help="run the baseline server only")

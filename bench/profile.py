@@ -1,6 +1,6 @@
 """Where a webhook's CPU goes: py-spy samples of the bridge under wrk, grouped by stage.
 
-    python -m bench profile [--duration 12] [--concurrency 16] [--rate 250] [--against REV]
+    python -m bench profile [--duration 12] [--concurrency 16] [--rate 250] [--against REV,...]
 
 Runs the real `voxys-bridge serve` as `bench ingest` does (SQLite, JSON logs at info,
 delivery to a fake Voxys at 50 req/s alongside), posts unique signed Stripe events with
@@ -284,8 +284,8 @@ async def run(args: argparse.Namespace) -> list[dict[str, Any]]:
         with tempfile.TemporaryDirectory(prefix="bench-profile-") as tmp_name:
             tmp = Path(tmp_name)
             builds = [Build("this")]
-            if args.against:
-                builds.append(export(args.against, tmp / "against"))
+            for n, rev in enumerate(filter(None, (args.against or "").split(","))):
+                builds.append(export(rev, tmp / f"against-{n}"))
             for build in builds:
                 rows.append(await profile(build, tmp, voxys, args, bodies))
     finally:
@@ -298,7 +298,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--duration", type=int, default=12, help="seconds of wrk")
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--rate", type=int, default=250, help="py-spy samples per second")
-    parser.add_argument("--against", metavar="REV", help="also profile the bridge as of git REV")
+    parser.add_argument(
+        "--against", metavar="REV", help="also profile the bridge as of git REV (comma list)"
+    )
     parser.add_argument(
         "--blocking", action="store_true", help="let py-spy pause the process per sample"
     )
