@@ -417,7 +417,12 @@ def median(rows: list[dict], key: str) -> float:
 
 
 def aggregate(
-    build: str, source: str, concurrency: int, bridge: list[dict], bare: list[dict]
+    build: str,
+    source: str,
+    concurrency: int,
+    bridge: list[dict],
+    bare: list[dict],
+    first: list[dict] | None = None,
 ) -> dict:
     out: dict[str, Any] = {
         "build": build,
@@ -444,6 +449,16 @@ def aggregate(
     out["load_1m"] = [round(min(loads), 1), round(max(loads), 1)]
     out["stored_matches_2xx"] = all(r["stored_matches_2xx"] for r in bridge)
     out["wrapped"] = any(r["wrapped"] for r in bridge)
+    if first is not None and first is not bridge:
+        # Run n of this build against run n of the first (this tree): neighbours in time
+        # share the machine's load, so their difference is steadier than either figure.
+        diffs = sorted(b["cpu_us"] - f["cpu_us"] for b, f in zip(bridge, first, strict=True))
+        out["cpu_us_minus_first"] = {
+            "median": round(statistics.median(diffs)),
+            "quartiles": [round(q) for q in statistics.quantiles(diffs, n=4)]
+            if len(diffs) > 1
+            else [round(diffs[0])] * 3,
+        }
     return out
 
 
@@ -471,6 +486,14 @@ def table(rows: list[dict]) -> str:
             f"{r['ratio']:>6.3f}{r['cpu_ratio']:>6.1f} {r['load_1m'][0]:>4}-{r['load_1m'][1]:<4} "
             f"{'yes' if r['stored_matches_2xx'] else 'NO'}{' (wrapped)' if r['wrapped'] else ''}"
         )
+    for r in rows:
+        if "cpu_us_minus_first" in r:
+            d = r["cpu_us_minus_first"]
+            lines.append(
+                f"{r['build']} {r['source']} c={r['concurrency']}: CPU µs/req minus "
+                f"{rows[0]['build']}'s, run by run: median {d['median']:+}, "
+                f"quartiles {d['quartiles'][0]:+} / {d['quartiles'][2]:+}"
+            )
     lines.append(
         "CPU µs/req: server process user+system time over the run ÷ 2xx answers (main = "
         "event-loop thread, other = every other thread); ratio = bridge req/s ÷ bare req/s; "
@@ -531,7 +554,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             bare_rows: list[dict] = []
             for n in range(count):
                 done = []
-                for build in builds:
+                # Every other round in reverse, so that no build always goes first.
+                for build in builds if n % 2 == 0 else builds[::-1]:
                     row = await bench.bridge(build, source, bodies, c, duration, n)
                     bridge_rows[build.label].append(row)
                     done.append((f"bridge@{build.label}", row))
@@ -545,9 +569,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                         file=sys.stderr,
                         flush=True,
                     )
+            first = bridge_rows[builds[0].label]
             for build in builds:
                 rows = bridge_rows[build.label]
-                summary.append(aggregate(build.label, source, c, rows, bare_rows))
+                summary.append(aggregate(build.label, source, c, rows, bare_rows, first))
         await bare.stop()
     patches = len(fake.calls)
     await fake.stop()
