@@ -124,17 +124,16 @@ def main_group(frames: list[Frame]) -> str:
 
 def writer_group(frames: list[Frame]) -> str:
     """What the SQLite writer thread was doing."""
-    for frame in frames:
-        # _run itself does little but BEGIN and COMMIT: as the leaf, it is in one of them.
-        is_run = frame.file.endswith("sqlite_threads.py") and frame.func.endswith("_run")
-        if is_run and frame is frames[-1]:
-            return "writer: COMMIT (fsync) and BEGIN"
-        if frame.file.endswith("bridge/store/sqlite.py") and frame.func == "_ingest":
-            return "writer: ingest statements"
-        if frame.file.endswith("sqlite_queue.py"):
-            return "writer: delivery statements"
-    if frames and frames[-1].func.endswith("_main"):
+    leaf = frames[-1] if frames else Frame("?", "", 0)
+    # _run itself does little but BEGIN and COMMIT: as the leaf, it is in one of them.
+    if leaf.file.endswith("sqlite_threads.py") and leaf.func.endswith("_run"):
+        return "writer: COMMIT (fsync) and BEGIN"
+    if leaf.file.endswith("sqlite_threads.py") and leaf.func.endswith("_main"):
         return "writer: waiting for jobs"
+    if any(f.file.endswith("bridge/store/sqlite.py") and "_ingest" in f.func for f in frames):
+        return "writer: ingest statements"
+    if any(f.file.endswith("sqlite_queue.py") for f in frames):
+        return "writer: delivery statements"
     return "writer: its own loop and hand-back"
 
 
