@@ -8,6 +8,16 @@ signatures are fresh. The baseline is a bare aiohttp app (same Python, one proce
 `web.run_app`) that reads the body and answers 200, fed the same requests.
 
     python -m bench ingest [--duration 10] [--concurrency 1,16,64] [--runs 3]
+                           [--workers 1[,2]] [--against REV[,REV...]]
+
+The headline figure is CPU µs per accepted webhook: the server's user+system time
+over the run (all its threads and worker processes, from /proc) divided by its 2xx
+answers, for the bridge and for the bare app. It moves far less than req/s when other
+work shares the cores. `--against REV` also runs the bridge as of git revision REV
+(its `bridge/` exported to a temporary directory and put first on PYTHONPATH), in
+turn with this tree's, so that before and after meet the same noise (a comma list
+runs several revisions: one lever after another); `--workers 1,2`
+runs each build with each `server.workers` value, in turn, likewise.
 
 Prints a table (medians over runs) and a JSON document. After each bridge run the
 server is stopped gracefully and the SQLite file is counted: events stored must equal
@@ -30,16 +40,18 @@ import signal
 import socket
 import sqlite3
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 from aiohttp import web
 
+from bench.cpu import CpuSample
 from bridge.fakevoxys import FakeVoxys
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -200,17 +212,23 @@ def console_script() -> str:
 class Process:
     """A server subprocess: started, waited for on a URL, stopped with SIGTERM."""
 
-    def __init__(self, argv: list[str], log: Path) -> None:
+    def __init__(self, argv: list[str], log: Path, env: dict[str, str] | None = None) -> None:
         self.argv = argv
         self.log = log
+        self.env = env
         self.proc: asyncio.subprocess.Process | None = None
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None, "not started"
+        return self.proc.pid
 
     async def start(self, ready_url: str, timeout: float = 15.0) -> float:
         """Start; return seconds until `ready_url` answers 200."""
         started = time.monotonic()
         with self.log.open("ab") as out:
             self.proc = await asyncio.create_subprocess_exec(
-                *self.argv, cwd=ROOT, stdout=out, stderr=asyncio.subprocess.STDOUT
+                *self.argv, cwd=ROOT, env=self.env, stdout=out, stderr=asyncio.subprocess.STDOUT
             )
         async with aiohttp.ClientSession() as session:
             while time.monotonic() - started < timeout:
@@ -253,11 +271,26 @@ async def wrk(url: str, path: str, requests: Path, concurrency: int, duration: i
     raise RuntimeError(f"wrk failed: {output.decode()[-2000:]}")
 
 
-def summarise(raw: dict[str, Any], per_request: int) -> dict[str, Any]:
+async def measured(
+    pid: int, url: str, path: str, requests: Path, concurrency: int, duration: int
+) -> tuple[dict[str, Any], CpuSample, tuple[float, float]]:
+    """wrk against the server `pid`: its result, the server's CPU over the run, the load."""
+    load_before, cpu_before = os.getloadavg()[0], CpuSample.take(pid)
+    raw = await wrk(url, path, requests, concurrency, duration)
+    cpu = CpuSample.take(pid) - cpu_before
+    return raw, cpu, (load_before, os.getloadavg()[0])
+
+
+def summarise(
+    raw: dict[str, Any],
+    per_request: int,
+    cpu: CpuSample | None = None,
+    load: tuple[float, float] | None = None,
+) -> dict[str, Any]:
     seconds = raw["duration_us"] / 1e6
     ok = raw["requests"] - raw["status_errors"]
     socket_errors = sum(raw[k] for k in ("connect_errors", "read_errors", "write_errors"))
-    return {
+    result = {
         "requests": raw["requests"],
         "ok": ok,
         "rps": raw["requests"] / seconds,
@@ -267,6 +300,40 @@ def summarise(raw: dict[str, Any], per_request: int) -> dict[str, Any]:
         "non_2xx": raw["status_errors"],
         "socket_errors": socket_errors + raw["timeouts"],
     }
+    if cpu is not None:
+        # CPU per 2xx answer: what one accepted webhook costs, whatever the machine's load.
+        per_ok = 1e6 / max(ok, 1)
+        result["cpu_us"] = cpu.total * per_ok
+        result["cpu_main_us"] = cpu.main * per_ok
+        result["cpu_other_us"] = cpu.other * per_ok
+        result["cores_used"] = cpu.total / seconds
+    if load is not None:
+        result["load_1m"] = list(load)
+    return result
+
+
+@dataclass(frozen=True)
+class Build:
+    """Which bridge code runs: this tree (`source=None`) or an exported revision."""
+
+    label: str
+    source: Path | None = None
+    workers: int = 1
+
+    def env(self) -> dict[str, str] | None:
+        if self.source is None:
+            return None
+        return {**os.environ, "PYTHONPATH": str(self.source)}
+
+
+def export(rev: str, into: Path) -> Build:
+    """`bridge/` as of git revision `rev`, unpacked under `into`."""
+    into.mkdir(exist_ok=True)
+    archive = subprocess.run(
+        ["git", "-C", str(ROOT), "archive", rev, "bridge"], check=True, capture_output=True
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
+    return Build(label=rev, source=into)
 
 
 def count_events(db: Path, source: str) -> int:
@@ -280,35 +347,48 @@ class Bench:
     workdir: Path
     voxys: str  # the fake Voxys's base URL
     bare: str  # the baseline server's base URL
+    bare_pid: int
     bridge_cmd: str
 
     async def bridge(
-        self, source: str, bodies: list[bytes], concurrency: int, duration: int, run: int
+        self,
+        build: Build,
+        source: str,
+        bodies: list[bytes],
+        concurrency: int,
+        duration: int,
+        run: int,
     ) -> dict:
         port = free_port()
         rundir = self.workdir / f"bridge-{source}-c{concurrency}-{run}"
         rundir.mkdir()
         config = rundir / "bridge.yaml"
         db = rundir / "bridge.db"
+        text = CONFIG.format(
+            port=port,
+            db=db,
+            voxys=self.voxys,
+            token=TOKEN,
+            stripe=STRIPE_SECRET,
+            hubspot=HUBSPOT_SECRET,
+        )
         config.write_text(
-            CONFIG.format(
-                port=port,
-                db=db,
-                voxys=self.voxys,
-                token=TOKEN,
-                stripe=STRIPE_SECRET,
-                hubspot=HUBSPOT_SECRET,
+            text.replace(
+                "shutdown_timeout: 5s}", f"shutdown_timeout: 5s, workers: {build.workers}}}"
             )
         )
         url = f"http://127.0.0.1:{port}"
         requests = self.workdir / "requests.tsv"
         write_requests(requests, source, bodies, url)
-        server = Process([self.bridge_cmd, "serve", "--config", str(config)], rundir / "log")
+        argv = [self.bridge_cmd, "serve", "--config", str(config)]
+        server = Process(argv, rundir / "log", env=build.env())
         await server.start(url + "/readyz")
-        raw = await wrk(url, f"/webhooks/{source}", requests, concurrency, duration)
-        await server.stop()
-        result = summarise(raw, BATCH if source == "hubspot" else 1)
         per = BATCH if source == "hubspot" else 1
+        raw, cpu, load = await measured(
+            server.pid, url, f"/webhooks/{source}", requests, concurrency, duration
+        )
+        await server.stop()
+        result = summarise(raw, per, cpu, load)
         stored = count_events(db, source)
         result["stored"] = stored
         result["unique_prepared"] = len(bodies) * per
@@ -325,16 +405,31 @@ class Bench:
         """The same requests (as last signed) against the bare app, which stays up: idle, it
         does no work, unlike an idle bridge with a delivery backlog."""
         requests = self.workdir / "requests.tsv"
-        raw = await wrk(self.bare, f"/webhooks/{source}", requests, concurrency, duration)
-        return summarise(raw, BATCH if source == "hubspot" else 1)
+        path = f"/webhooks/{source}"
+        raw, cpu, load = await measured(
+            self.bare_pid, self.bare, path, requests, concurrency, duration
+        )
+        return summarise(raw, BATCH if source == "hubspot" else 1, cpu, load)
 
 
 def median(rows: list[dict], key: str) -> float:
     return statistics.median(r[key] for r in rows)
 
 
-def aggregate(source: str, concurrency: int, bridge: list[dict], bare: list[dict]) -> dict:
-    out: dict[str, Any] = {"source": source, "concurrency": concurrency, "runs": len(bridge)}
+def aggregate(
+    build: str,
+    source: str,
+    concurrency: int,
+    bridge: list[dict],
+    bare: list[dict],
+    first: list[dict] | None = None,
+) -> dict:
+    out: dict[str, Any] = {
+        "build": build,
+        "source": source,
+        "concurrency": concurrency,
+        "runs": len(bridge),
+    }
     for name, rows in (("bridge", bridge), ("baseline", bare)):
         out[name] = {
             "rps": round(median(rows, "rps")),
@@ -343,29 +438,68 @@ def aggregate(source: str, concurrency: int, bridge: list[dict], bare: list[dict
             "p99_ms": round(median(rows, "p99_ms"), 2),
             "non_2xx": sum(r["non_2xx"] for r in rows),
             "socket_errors": sum(r["socket_errors"] for r in rows),
+            "cpu_us": round(median(rows, "cpu_us")),
+            "cpu_main_us": round(median(rows, "cpu_main_us")),
+            "cpu_other_us": round(median(rows, "cpu_other_us")),
+            "cores_used": round(median(rows, "cores_used"), 2),
         }
     out["ratio"] = round(out["bridge"]["rps"] / out["baseline"]["rps"], 3)
+    out["cpu_ratio"] = round(out["bridge"]["cpu_us"] / out["baseline"]["cpu_us"], 2)
+    loads = [x for r in bridge + bare for x in r["load_1m"]]
+    out["load_1m"] = [round(min(loads), 1), round(max(loads), 1)]
     out["stored_matches_2xx"] = all(r["stored_matches_2xx"] for r in bridge)
     out["wrapped"] = any(r["wrapped"] for r in bridge)
+    if first is not None and first is not bridge:
+        # Run n of this build against run n of the first (this tree): neighbours in time
+        # share the machine's load, so their difference is steadier than either figure.
+        diffs = sorted(b["cpu_us"] - f["cpu_us"] for b, f in zip(bridge, first, strict=True))
+        out["cpu_us_minus_first"] = {
+            "median": round(statistics.median(diffs)),
+            "quartiles": [round(q) for q in statistics.quantiles(diffs, n=4)]
+            if len(diffs) > 1
+            else [round(diffs[0])] * 3,
+        }
     return out
 
 
 def table(rows: list[dict]) -> str:
     head = (
-        f"{'source':<8}{'c':>4} | {'bridge req/s':>12}{'ev/s':>8}{'p50':>7}{'p99':>7}{'err':>5}"
-        f" | {'bare req/s':>10}{'p50':>7}{'p99':>7}{'err':>5} | {'ratio':>6}  stored=2xx"
+        f"{'build':<12}{'source':<8}{'c':>4} | {'CPU µs/req':>10}{'main+other':>12}"
+        f"{'req/s':>7}{'ev/s':>8}"
+        f"{'p50':>7}{'p99':>7}{'err':>4} | {'CPU µs/req':>10}{'req/s':>7}{'p50':>6}{'p99':>6}"
+        f"{'err':>4} | {'ratio':>6}{'CPU×':>6} {'load':>9}  stored=2xx"
     )
-    lines = [head, "-" * len(head)]
+    lines = [
+        f"{'':<24} | {'bridge':<56} | {'bare aiohttp':<33} |",
+        head,
+        "-" * len(head),
+    ]
     for r in rows:
         b, a = r["bridge"], r["baseline"]
+        split = f"{b['cpu_main_us']}+{b['cpu_other_us']}"
         lines.append(
-            f"{r['source']:<8}{r['concurrency']:>4} | {b['rps']:>12,}{b['events_per_s']:>8,}"
-            f"{b['p50_ms']:>7.2f}{b['p99_ms']:>7.2f}{b['non_2xx'] + b['socket_errors']:>5}"
-            f" | {a['rps']:>10,}{a['p50_ms']:>7.2f}{a['p99_ms']:>7.2f}"
-            f"{a['non_2xx'] + a['socket_errors']:>5} | {r['ratio']:>6.3f}  "
+            f"{r['build'][:11]:<12}{r['source']:<8}{r['concurrency']:>4} | "
+            f"{b['cpu_us']:>10,}{split:>12}{b['rps']:>7,}"
+            f"{b['events_per_s']:>8,}{b['p50_ms']:>7.2f}{b['p99_ms']:>7.2f}"
+            f"{b['non_2xx'] + b['socket_errors']:>4} | {a['cpu_us']:>10,}{a['rps']:>7,}"
+            f"{a['p50_ms']:>6.2f}{a['p99_ms']:>6.2f}{a['non_2xx'] + a['socket_errors']:>4} | "
+            f"{r['ratio']:>6.3f}{r['cpu_ratio']:>6.1f} {r['load_1m'][0]:>4}-{r['load_1m'][1]:<4} "
             f"{'yes' if r['stored_matches_2xx'] else 'NO'}{' (wrapped)' if r['wrapped'] else ''}"
         )
-    lines.append("latency in ms (medians of runs); err = non-2xx + socket errors (sum of runs)")
+    for r in rows:
+        if "cpu_us_minus_first" in r:
+            d = r["cpu_us_minus_first"]
+            lines.append(
+                f"{r['build']} {r['source']} c={r['concurrency']}: CPU µs/req minus "
+                f"{rows[0]['build']}'s, run by run: median {d['median']:+}, "
+                f"quartiles {d['quartiles'][0]:+} / {d['quartiles'][2]:+}"
+            )
+    lines.append(
+        "CPU µs/req: server process user+system time over the run ÷ 2xx answers (main = "
+        "event-loop thread, other = every other thread); ratio = bridge req/s ÷ bare req/s; "
+        "CPU× = bridge CPU ÷ bare CPU per request; load = 1-min load average over the runs; "
+        "latency in ms; medians of runs; err = non-2xx + socket errors (sum of runs)"
+    )
     return "\n".join(lines)
 
 
@@ -403,21 +537,42 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         argv = [sys.executable, "-m", "bench.ingest", "bare", "--port", str(port)]
         bare = Process(argv, Path(tmp) / "bare.log")
         await bare.start(bare_url + "/")
-        bench = Bench(Path(tmp), voxys, bare_url, console_script())
+        bench = Bench(Path(tmp), voxys, bare_url, bare.pid, console_script())
+        trees = [Build("this")]
+        for n, rev in enumerate(filter(None, (args.against or "").split(","))):
+            trees.append(export(rev, Path(tmp) / f"against-{n}"))
+        workers = [int(w) for w in args.workers.split(",")]
+        builds = [
+            replace(
+                tree, label=tree.label if len(workers) == 1 else f"{tree.label} w{w}", workers=w
+            )
+            for tree in trees
+            for w in workers
+        ]
         for source, c, count, duration, bodies in plan:
-            bridge_rows, bare_rows = [], []
+            bridge_rows: dict[str, list[dict]] = {b.label: [] for b in builds}
+            bare_rows: list[dict] = []
             for n in range(count):
-                bridge_rows.append(await bench.bridge(source, bodies, c, duration, n))
+                done = []
+                # Every other round in reverse, so that no build always goes first.
+                for build in builds if n % 2 == 0 else builds[::-1]:
+                    row = await bench.bridge(build, source, bodies, c, duration, n)
+                    bridge_rows[build.label].append(row)
+                    done.append((f"bridge@{build.label}", row))
                 bare_rows.append(await bench.baseline(source, c, duration))
-                for target, row in (("bridge", bridge_rows[-1]), ("baseline", bare_rows[-1])):
+                for target, row in (*done, ("baseline", bare_rows[-1])):
                     runs.append({"target": target, "source": source, "concurrency": c, **row})
                     print(
-                        f"  {source} c={c} run {n + 1}/{count} {target:<8} "
-                        f"{row['rps']:>8,.0f} req/s  p99 {row['p99_ms']:.2f} ms",
+                        f"  {source} c={c} run {n + 1}/{count} {target[:16]:<16} "
+                        f"{row['cpu_us']:>6,.0f} CPU µs/req {row['rps']:>8,.0f} req/s  "
+                        f"p99 {row['p99_ms']:.2f} ms  load {row['load_1m'][0]:.1f}",
                         file=sys.stderr,
                         flush=True,
                     )
-            summary.append(aggregate(source, c, bridge_rows, bare_rows))
+            first = bridge_rows[builds[0].label]
+            for build in builds:
+                rows = bridge_rows[build.label]
+                summary.append(aggregate(build.label, source, c, rows, bare_rows, first))
         await bare.stop()
     patches = len(fake.calls)
     await fake.stop()
@@ -427,6 +582,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "settings": {
             "duration_s": args.duration,
             "runs": args.runs,
+            "workers": args.workers,
+            "against": args.against,
             "hubspot": f"c={args.hubspot_concurrency}, {args.hubspot_duration} s, "
             f"{args.hubspot_runs} run(s), {BATCH} events per request",
             "load_average_1m_before_after": [load_before[0], os.getloadavg()[0]],
@@ -470,8 +627,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--max-rate",
         type=int,
-        default=5000,
+        default=10000,
         help="unique requests prepared per second of run (beyond it wrk repeats them)",
+    )
+    parser.add_argument("--workers", default="1", help="the bridge's server.workers (comma list)")
+    parser.add_argument(
+        "--against", metavar="REV", help="also run the bridge as of git REV (comma list)"
     )
     parser.add_argument("--json-out", type=Path, help="also write the JSON document here")
     sub = parser.add_subparsers(dest="command")

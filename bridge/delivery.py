@@ -83,9 +83,20 @@ class Deliverer:
         self._wake = asyncio.Event()
         self._stopping = False
         self._tasks: set[asyncio.Task[None]] = set()
+        self._idle = False  # waiting for new work (not for a free slot or the token)
+        self._news = False  # work was stored since the last claim began
 
     def wake(self, _count: int = 0) -> None:
+        """Look again now (the clock moved, a wake-up arrived from another process)."""
         self._wake.set()
+
+    def stored(self, _count: int = 0) -> None:
+        """New work was stored here. Wakes the worker only when it waits for work: a
+        worker waiting for a free slot or for the token would only look and sleep again,
+        and ingest calls this for every webhook."""
+        self._news = True
+        if self._idle:
+            self._wake.set()
 
     @property
     def config(self) -> RetryConfig:
@@ -132,6 +143,7 @@ class Deliverer:
         rate = voxys.rate_limit.requests if self.client.pacer.configured else room
         claimed = 0
         next_due_at: float | None = None
+        self._news = False
         try:
             claimed = await self._probe(now, room)
             if room - claimed > 0:
@@ -154,12 +166,16 @@ class Deliverer:
         except LeaseLost:
             self.fenced.set()
             return
-        if not claimed:
+        if not claimed and not self._news:  # news: stored while we claimed
             until = self._poll()
             for at in (next_due_at, self.pauses.next_probe_at()):
                 if at is not None:
                     until = min(until, max(0.01, at - self.clock()))
-            await self._sleep(until)
+            self._idle = True
+            try:
+                await self._sleep(until)
+            finally:
+                self._idle = False
 
     async def _probe(self, now: float, room: int) -> int:
         """Send one probe for each paused account whose probe is due; how many went out.
@@ -466,8 +482,9 @@ class Leader:
         runtime.on_stored.append(self.wake)
 
     def wake(self, count: int = 0) -> None:
+        """New work was stored in this process (`Runtime.on_stored`)."""
         if self.deliverer is not None:
-            self.deliverer.wake(count)
+            self.deliverer.stored(count)
 
     async def run(self) -> None:
         """Take the lease whenever it is free, and deliver for each term."""

@@ -23,6 +23,11 @@ async def read_body(request: web.Request, limit: int) -> bytes:
     """The raw body, refusing with 413 as soon as it passes `limit` bytes."""
     if request.content_length is not None and request.content_length > limit:
         raise PayloadTooLarge(f"body larger than {limit} bytes")
+    if request.content.is_eof():  # the whole body has arrived (most webhooks): no awaiting
+        body = request.content.read_nowait()
+        if len(body) > limit:
+            raise PayloadTooLarge(f"body larger than {limit} bytes")
+        return body
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.content.iter_chunked(65536):

@@ -88,18 +88,30 @@ class Metrics:
         Gauge("bridge_build_info", "Build information", ["version"], registry=r).labels(
             version=__version__
         ).set(1)
+        # The children of the per-webhook counters, by label values: `.labels()` checks
+        # and joins its arguments under a lock on every call. Keys are bounded like the
+        # labels themselves (configured sources, outcomes, rejection kinds).
+        self._received: dict[str, Counter] = {}
+        self._events: dict[tuple[str, str], Counter] = {}
 
     def request(self, source: str, reason: str, status: int) -> None:
-        """One webhook request's result (wired to `Runtime.on_request`)."""
+        """One webhook request's result."""
         if status < 300:
-            self.webhooks_received.labels(source=source).inc()
+            child = self._received.get(source)
+            if child is None:
+                child = self._received[source] = self.webhooks_received.labels(source=source)
+            child.inc()
             return
         kind = REJECTION_KINDS.get(status, str(status))
         label = "unknown" if status == 404 else source
         self.webhooks_rejected.labels(source=label, reason=kind).inc()
 
     def evaluated(self, source: str, evaluation: Evaluation) -> None:
-        self.events.labels(source=source, outcome=str(evaluation.outcome)).inc()
+        key = (source, evaluation.outcome)
+        child = self._events.get(key)
+        if child is None:
+            child = self._events[key] = self.events.labels(source=source, outcome=key[1])
+        child.inc()
 
     def attempt(self, http_status: int | None, seconds: float) -> None:
         cls = status_class(http_status)

@@ -20,6 +20,15 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from bridge.config import LoadedConfig, RuleConfig
 from bridge.errors import ConfigError, ConfigErrors
 from bridge.models import Evaluation, Event, LeadStatus, Outcome, Transition, Unmapped
+from bridge.rule_paths import (
+    MISSING,
+    Path,
+    comparison,
+    lookup,
+    output_path,
+    plain_path,
+    rendered,
+)
 
 MAX_RENDER = 10_000  # characters any template may render before the rule is unmapped
 MAX_NOTES = 2_000  # notes are truncated to this many characters
@@ -111,14 +120,20 @@ def _environment(lookups: Mapping[str, Mapping[str, str]]) -> _Environment:
 
 @dataclass(frozen=True, slots=True)
 class _Value:
-    """A rule value: a constant string or a compiled template."""
+    """A rule value: a constant string or a compiled template (with its path if it is one)."""
 
     constant: str | None
     template: Template | None
+    path: Path | None = None  # the template is exactly `{{ path }}`
 
     def render(self, ctx: Mapping[str, Any], limit: int, *, truncate: bool = False) -> str:
         if self.template is None:
             return self.constant or ""
+        if self.path is not None and (found := lookup(ctx, self.path)) is not MISSING:
+            text = rendered(found)
+            if len(text) > limit and not truncate:
+                raise _TooLong(f"rendered more than {limit} characters")
+            return text
         out: list[str] = []
         size = 0
         for chunk in self.template.generate(ctx):
@@ -153,6 +168,33 @@ class CompiledRule:
     status: _Value
     notes: _Value | None
     description: str | None = None
+
+
+def _shortcut(
+    node: nodes.Node, slow: Callable[[Mapping[str, Any]], bool]
+) -> Callable[[Mapping[str, Any]], bool]:
+    """`slow`, or a test that walks the payload for `path == constant`, `path != constant`
+    and `path`, falling back to `slow` when the path is not all dict keys (rule_paths)."""
+    test = comparison(node)
+    if test is not None:
+        path, equal, constant = test
+
+        def compare(ctx: Mapping[str, Any]) -> bool:
+            value = lookup(ctx, path)
+            if value is MISSING:
+                return slow(ctx)
+            return bool(value == constant) if equal else bool(value != constant)
+
+        return compare
+    truth_of = plain_path(node)
+    if truth_of is not None:
+
+        def truth(ctx: Mapping[str, Any]) -> bool:
+            value = lookup(ctx, truth_of)
+            return slow(ctx) if value is MISSING else bool(value)
+
+        return truth
+    return slow
 
 
 def _fast(template: Template) -> Template:
@@ -248,7 +290,11 @@ class _Compiler:
         if isinstance(node, nodes.Name):
             loads.add(node.name)
         self._check_ast(node, loads, key)
-        return _Condition(key, lambda ctx: compiled.render(ctx) == "1")
+
+        def slow(ctx: Mapping[str, Any]) -> bool:
+            return compiled.render(ctx) == "1"
+
+        return _Condition(key, _shortcut(node, slow))
 
     def template(self, source: str, key: str) -> _Value | None:
         try:
@@ -258,7 +304,7 @@ class _Compiler:
             self.error(f"syntax error: {exc.message} (line {exc.lineno})", key)
             return None
         self._check_ast(ast, meta.find_undeclared_variables(ast), key)
-        return _Value(None, compiled)
+        return _Value(None, compiled, output_path(ast))
 
     def condition(self, source: str, key: str) -> _Condition | None:
         if not _is_template(source):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -89,14 +90,29 @@ async def test_every_event_answered_200_survives_a_sigkill_right_after(server) -
     assert set(ids) <= stored
 
 
+async def test_every_webhook_answered_200_has_its_log_line_after_a_sigkill(server) -> None:
+    proc, port, _ = server
+    ids = [f"evt_line_{i}" for i in range(40)]
+    statuses = await post_events(port, ids)
+    proc.send_signal(signal.SIGKILL)  # a line still buffered in the process would be lost
+    proc.wait()
+    assert statuses == [200] * len(ids)
+    out = proc.stdout.read().decode()  # type: ignore[union-attr]
+    received = [json.loads(line) for line in out.splitlines()]
+    received = [line for line in received if line["event"] == "webhook.received"]
+    assert len(received) == len(ids)
+    assert all(line["events"] == 1 and line["source"] == "stripe" for line in received)
+
+
 async def test_sigterm_finishes_and_exits_0_with_json_logs(server) -> None:
     proc, port, _ = server
     assert await post_events(port, ["evt_term"]) == [200]
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=20) == 0
     out = proc.stdout.read().decode()  # type: ignore[union-attr]
-    assert '"event": "webhook.received"' in out
-    assert '"event": "bridge.stopped"' in out
+    events = [json.loads(line)["event"] for line in out.splitlines()]
+    assert "webhook.received" in events
+    assert events[-1] == "bridge.stopped"
     assert "whsec_" not in out and "voxys-token" not in out
 
 

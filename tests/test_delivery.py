@@ -215,7 +215,7 @@ class Harness:
             matched_rules=("r",),
         )
         await self.runtime.store.ingest([(event, evaluation)], self.clock)
-        self.deliverer.wake()
+        self.deliverer.stored(1)  # what ingest does (through Runtime.on_stored)
 
     def start(self) -> None:
         self.task = asyncio.create_task(self.deliverer.run())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import gzip
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -84,6 +85,28 @@ async def test_a_chunked_body_over_the_limit_is_413(client: TestClient) -> None:
     assert resp.status == 413
 
 
+async def test_a_compressed_body_that_inflates_past_the_limit_is_413(client: TestClient) -> None:
+    body = gzip.compress(b'{"pad": "' + b"x" * 20_000 + b'"}')  # ~100 bytes on the wire
+    assert len(body) < 4096
+    headers = {"Content-Type": "application/json", "Content-Encoding": "gzip"}
+    resp = await client.post("/webhooks/stripe", data=body, headers=headers)
+    assert resp.status == 413
+    assert await stored_events(client) == []
+
+
+async def test_a_body_that_arrives_in_pieces_is_read_whole(client: TestClient) -> None:
+    body = stripe_event("evt_pieces", lead_id=3)
+
+    async def pieces() -> AsyncIterator[bytes]:
+        for start in range(0, len(body), 50):
+            yield body[start : start + 50]
+
+    resp = await client.post("/webhooks/stripe", data=pieces(), headers=stripe_headers(body))
+    assert resp.status == 200
+    [stored] = await stored_events(client)
+    assert stored.event.event_id == "evt_pieces"
+
+
 def basic(password: str = PIPEDRIVE_PASSWORD) -> str:
     return "Basic " + base64.b64encode(f"voxys:{password}".encode()).decode()
 
@@ -95,6 +118,18 @@ async def test_malformed_json_from_an_authenticated_sender_is_400(client: TestCl
         headers={"Authorization": basic(), "Content-Type": "application/json"},
     )
     assert resp.status == 400
+
+
+@pytest.mark.parametrize("number", [b"NaN", b"-Infinity", b"1e400"])
+async def test_a_number_json_cannot_carry_is_400_and_stores_nothing(
+    client: TestClient, number: bytes
+) -> None:
+    # RFC 8259 has no NaN or Infinity, and 1e400 decodes to an infinity JSON cannot write.
+    body = stripe_event("evt_nan").replace(b'"created": ', b'"x": ' + number + b', "created": ')
+    resp = await client.post("/webhooks/stripe", data=body, headers=stripe_headers(body))
+    assert resp.status == 400
+    assert (await resp.json())["error"] == "malformed JSON"
+    assert await stored_events(client) == []
 
 
 async def test_an_empty_body_is_400(client: TestClient) -> None:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -23,6 +25,7 @@ from bridge.models import Event
 
 # Headers that carry credentials: verified, never stored with an event nor logged.
 SENSITIVE_HEADER_PARTS = ("authorization", "cookie", "signature", "token", "secret", "api-key")
+_SENSITIVE = re.compile("|".join(map(re.escape, SENSITIVE_HEADER_PARTS)))  # one scan per name
 
 # How far an event's own time may lie past its arrival before it is not believed.
 # The newest event of a lead wins, so a time in the future (a drifted clock, or one
@@ -55,11 +58,7 @@ class WebhookRequest:
 
     def safe_headers(self) -> dict[str, str]:
         """Headers without credentials or signatures: what may be stored and shown to rules."""
-        return {
-            k: v
-            for k, v in self.headers.items()
-            if not any(part in k for part in SENSITIVE_HEADER_PARTS)
-        }
+        return {k: v for k, v in self.headers.items() if not _SENSITIVE.search(k)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +68,11 @@ class Answer:
     status: int = 200
     body: bytes = b""
     content_type: str = "application/json"
+
+
+# Answers are immutable: the usual acknowledgements are encoded once, not per request.
+_ACKNOWLEDGEMENTS: dict[tuple[int, int], Answer] = {}
+MAX_ACKNOWLEDGEMENTS = 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,8 +173,14 @@ class Source(ABC):
 
     def acknowledge(self, summary: IngestSummary) -> Answer:
         """The 2xx answer sent once the request's events are committed."""
-        body = {"ok": True, "events": summary.events, "duplicates": summary.duplicates}
-        return Answer(body=json.dumps(body).encode())
+        key = (summary.events, summary.duplicates)
+        answer = _ACKNOWLEDGEMENTS.get(key)
+        if answer is None:
+            body = {"ok": True, "events": summary.events, "duplicates": summary.duplicates}
+            answer = Answer(body=json.dumps(body).encode())
+            if len(_ACKNOWLEDGEMENTS) < MAX_ACKNOWLEDGEMENTS:
+                _ACKNOWLEDGEMENTS[key] = answer
+        return answer
 
 
 def bounded(event: Event) -> Event:
@@ -188,14 +198,35 @@ def clamped(events: Iterable[Event]) -> dict[str, Any]:
     return {"clamped": len(ahead), "clamped_ahead_s": round(max(ahead), 1)}
 
 
+def _not_json(literal: str) -> Any:
+    raise ValueError(f"{literal} is not JSON")  # RFC 8259 section 6; Python's json allows it
+
+
+def _finite(literal: str) -> float:
+    # A literal beyond a double's range decodes to infinity, which JSON cannot write back.
+    value = float(literal)
+    if math.isinf(value):
+        raise ValueError("number out of range")
+    return value
+
+
+_DECODER = json.JSONDecoder(parse_constant=_not_json, parse_float=_finite)
+
+
 def decode_body(request: WebhookRequest) -> Any:
-    """Parse a JSON or form-encoded body; 400 when empty or malformed, 415 otherwise."""
+    """Parse a JSON or form-encoded body; 400 when empty or malformed, 415 otherwise.
+
+    NaN, Infinity and numbers beyond a double's range are malformed: RFC 8259 has no
+    such values, and a payload is stored as JSON text that must read back the same.
+    """
     if not request.body.strip():
         raise BadRequest("empty body")
     ctype = request.content_type
     if ctype in ("", "application/json") or ctype.endswith("+json"):
         try:
-            return json.loads(request.body)
+            # What json.loads does with bytes, with one decoder built once, not per call.
+            body = request.body
+            return _DECODER.decode(body.decode(json.detect_encoding(body), "surrogatepass"))
         except (UnicodeDecodeError, ValueError, RecursionError) as exc:
             raise BadRequest("malformed JSON") from exc
     if ctype == "application/x-www-form-urlencoded":

@@ -159,6 +159,19 @@ async def test_a_stored_event_keeps_its_payload_headers_and_times(
     assert (stored.outcome, stored.rule, stored.reason) == (Outcome.MATCHED, "paid", None)
 
 
+async def test_a_payload_with_what_fast_json_refuses_is_stored_exactly(
+    store: Store, events: Events
+) -> None:
+    # A lone surrogate (a valid JSON escape, not UTF-8), NUL, an integer beyond 64 bits.
+    payload = {"odd": "a\ud800b", "nul": "x\x00y", "big": 2**70, "neg": -(2**65), "f": 0.1}
+    event = events.event(payload=payload, headers={"x-odd": "\udfff"})
+    await store.ingest([(event, Evaluation(Outcome.IGNORED))], T0)
+
+    [stored] = await store.events_for_replay(outcome=Outcome.IGNORED)
+
+    assert stored.event == event
+
+
 # --- claim_due ----------------------------------------------------------------------------
 
 

@@ -71,7 +71,7 @@ MIGRATIONS: tuple[Migration, ...] = (
         "CREATE INDEX transitions_dead ON transitions (settled_at, id) WHERE state = 'dead'",
         # One row per lead ever seen; *_due_at cache when the lead can next be claimed
         # without / with coalescing (see sqlite/schema.py). The row is also the lead's lock:
-        # whoever changes a lead's transitions holds it (postgres_queue.py).
+        # whoever changes a lead's transitions holds it (queue.py).
         """
         CREATE TABLE leads (
             account_id bigint NOT NULL,

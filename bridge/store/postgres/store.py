@@ -7,7 +7,7 @@ transaction aborted by a deadlock or serialization failure is retried a few time
 
 Concurrency. Several processes may use one database at once: migrations are applied
 under an advisory lock (schema.py) and the queue locks per lead, claiming with
-FOR UPDATE SKIP LOCKED (postgres_queue.py).
+FOR UPDATE SKIP LOCKED (queue.py).
 
 URL. `postgresql://user:password@host:5432/db` (or `postgres://`), with the bridge's own
 options taken out of the query string before it reaches asyncpg:
@@ -20,7 +20,6 @@ Other query parameters (sslmode, ...) are asyncpg's. Error messages never quote 
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from typing import Any, Final, TypeVar
@@ -41,7 +40,7 @@ from bridge.store.base import (
 )
 from bridge.store.postgres import queue as q
 from bridge.store.postgres.schema import migrate
-from bridge.store.rows import ledger_entry, stored_event
+from bridge.store.rows import json_text, ledger_entry, stored_event
 
 T = TypeVar("T")
 
@@ -562,11 +561,6 @@ async def _terminate(pool: Any) -> None:
         pool.terminate()
 
 
-def _json(value: Any) -> str:
-    # ensure_ascii (the default) escapes NUL and lone surrogates, which text cannot hold.
-    return json.dumps(value, separators=(",", ":"))
-
-
 def _event_row(item: tuple[Event, Evaluation]) -> tuple[Any, ...]:
     event, evaluation = item
     return (
@@ -574,8 +568,8 @@ def _event_row(item: tuple[Event, Evaluation]) -> tuple[Any, ...]:
         q.text(event.event_id),
         event.occurred_at,
         event.received_at,
-        _json(event.payload),
-        _json(dict(event.headers)),
+        json_text(event.payload),
+        json_text(dict(event.headers)),
         str(evaluation.outcome),
         q.text(evaluation.rule),
         q.text(evaluation.reason),

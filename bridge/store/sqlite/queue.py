@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Collection, Iterable, Sequence
+from functools import lru_cache
 from typing import Any, Final
 
 from bridge.claims import plan_lead
@@ -30,22 +31,33 @@ QUEUED = (
 )
 FROM = "FROM transitions t JOIN events e ON e.pk = t.event_pk"
 
-_HEAD = """
-    SELECT next_attempt_at FROM transitions
-    WHERE account_id = :a AND lead_id = :l AND state = 'pending'
-    ORDER BY occurred_at {order}, id {order} LIMIT 1
-"""
-_BUSY = """
-    EXISTS (SELECT 1 FROM transitions
-            WHERE account_id = :a AND lead_id = :l AND state = 'in_flight')
-"""
+_SAME_LEAD = "t.account_id = leads.account_id AND t.lead_id = leads.lead_id"
+_HEAD = f"""
+    SELECT t.next_attempt_at FROM transitions t
+    WHERE {_SAME_LEAD} AND t.state = 'pending'
+    ORDER BY t.occurred_at {{order}}, t.id {{order}} LIMIT 1
+"""  # noqa: S608
+_BUSY = f"""
+    EXISTS (SELECT 1 FROM transitions t WHERE {_SAME_LEAD} AND t.state = 'in_flight')
+"""  # noqa: S608
 # f-strings below join constant SQL fragments only; every value is a bound parameter.
+# One statement for a set of leads (`{values}`: `(?, ?)` per lead), joined on the key.
 _REFRESH = f"""
     UPDATE leads SET
         first_due_at = CASE WHEN {_BUSY} THEN NULL ELSE ({_HEAD.format(order="ASC")}) END,
         last_due_at = CASE WHEN {_BUSY} THEN NULL ELSE ({_HEAD.format(order="DESC")}) END
-    WHERE account_id = :a AND lead_id = :l
+    FROM (VALUES {{values}}) AS k
+    WHERE leads.account_id = k.column1 AND leads.lead_id = k.column2
 """  # noqa: S608
+_INSERT_TRANSITIONS = (
+    "INSERT INTO transitions (event_pk, rule, account_id, lead_id, status, notes,"
+    " occurred_at, created_at, state, next_attempt_at) VALUES {values}"
+    " ON CONFLICT (event_pk, rule) DO NOTHING"
+)
+_INSERT_LEADS = "INSERT INTO leads (account_id, lead_id) VALUES {values} ON CONFLICT DO NOTHING"
+ROWS_PER_STATEMENT: Final = 500  # rows of a multi-row statement (SQLite binds <= 32766 values)
+
+TransitionRow = tuple[Any, ...]  # event_pk, rule, account, lead, status, notes, occurred, now, due
 
 
 def text(value: str | None) -> str | None:
@@ -55,9 +67,57 @@ def text(value: str | None) -> str | None:
     return value.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
+@lru_cache(maxsize=64)
+def placeholders(rows: int, row: str) -> str:
+    """`row, row, ...` `rows` times: the VALUES of a multi-row statement."""
+    return ", ".join([row] * rows)
+
+
+def execute_rows(
+    conn: sqlite3.Connection, sql: str, row: str, rows: Sequence[Sequence[Any]]
+) -> int:
+    """`sql` with its `{values}` filled by `rows`, in as few statements as SQLite takes;
+    returns the rows changed.
+
+    One statement runs in one call into SQLite; `executemany` would step once per row,
+    handing the GIL back and forth each time.
+    """
+    changed = 0
+    for start in range(0, len(rows), ROWS_PER_STATEMENT):
+        chunk = rows[start : start + ROWS_PER_STATEMENT]
+        values = [value for each in chunk for value in each]
+        changed += conn.execute(sql.format(values=placeholders(len(chunk), row)), values).rowcount
+    return changed
+
+
 def refresh_leads(conn: sqlite3.Connection, keys: Iterable[LeadKey]) -> None:
     """Recompute when each lead can next be claimed, after its transitions changed."""
-    conn.executemany(_REFRESH, ({"a": a, "l": lead} for a, lead in keys))
+    execute_rows(conn, _REFRESH, "(?, ?)", list(keys))
+
+
+def transition_rows(
+    event_pk: int, occurred_at: float, transitions: Sequence[Transition], now: float
+) -> list[TransitionRow]:
+    """An event's transitions as rows for `insert_transitions`: pending and due now."""
+    tail = (occurred_at, now, now)
+    return [
+        (event_pk, text(t.rule), t.account_id, t.lead_id, str(t.status), text(t.notes), *tail)
+        for t in transitions
+    ]
+
+
+def insert_transitions(
+    conn: sqlite3.Connection, rows: Sequence[TransitionRow]
+) -> tuple[set[LeadKey], int]:
+    """Insert pending transitions and their leads' rows; return the leads touched and how
+    many transitions were new (an (event, rule) already queued is skipped)."""
+    if not rows:
+        return set(), 0
+    row = "(?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?)"
+    inserted = execute_rows(conn, _INSERT_TRANSITIONS, row, rows)
+    keys = {(row[2], row[3]) for row in rows}
+    execute_rows(conn, _INSERT_LEADS, "(?, ?)", list(keys))
+    return keys, inserted
 
 
 def queue_transitions(
@@ -69,22 +129,7 @@ def queue_transitions(
 ) -> tuple[set[LeadKey], int]:
     """Insert an event's transitions as pending and due now; return the leads touched and
     how many were new (an (event, rule) already queued is never queued again)."""
-    tail = (occurred_at, now, now)
-    inserted = conn.executemany(
-        "INSERT INTO transitions (event_pk, rule, account_id, lead_id, status, notes,"
-        " occurred_at, created_at, state, next_attempt_at)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?)"
-        " ON CONFLICT (event_pk, rule) DO NOTHING",
-        [
-            (event_pk, text(t.rule), t.account_id, t.lead_id, str(t.status), text(t.notes), *tail)
-            for t in transitions
-        ],
-    )
-    keys = {(t.account_id, t.lead_id) for t in transitions}
-    conn.executemany(
-        "INSERT INTO leads (account_id, lead_id) VALUES (?, ?) ON CONFLICT DO NOTHING", keys
-    )
-    return keys, inserted.rowcount
+    return insert_transitions(conn, transition_rows(event_pk, occurred_at, transitions, now))
 
 
 def check_epoch(conn: sqlite3.Connection, epoch: int) -> None:

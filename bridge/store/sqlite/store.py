@@ -32,6 +32,8 @@ from pathlib import Path
 from typing import Any, Final, TypeVar
 from urllib.parse import parse_qsl, unquote
 
+import orjson
+
 from bridge.errors import ConfigError, StorageError
 from bridge.models import Evaluation, Event, Outcome
 from bridge.store.base import (
@@ -42,6 +44,7 @@ from bridge.store.base import (
     Stats,
     StoredEvent,
 )
+from bridge.store.rows import json_text
 from bridge.store.sqlite import queue as q
 from bridge.store.sqlite.reads import (
     dead_letters,
@@ -280,7 +283,7 @@ class SqliteStore:
             return IngestResult(stored=0, duplicates=0, transitions=0)
         # JSON is encoded here, before queueing, to keep the writer's transaction short.
         prepared = [_prepare(event, evaluation) for event, evaluation in items]
-        return await self._w().submit("ingest", partial(_ingest, prepared=prepared, now=now))
+        return await self._w().submit_many("ingest", _ingest_many, (prepared, now))
 
     async def apply_replay(self, pk: int, evaluation: Evaluation, now: float) -> int:
         """Store a new outcome for event `pk` and queue its transitions; 0 if there is no
@@ -453,19 +456,14 @@ class SqliteStore:
 _Prepared = tuple[tuple[Any, ...], float, Sequence[Any]]  # events row, occurred_at, transitions
 
 
-def _json(value: Any) -> str:
-    # ensure_ascii (the default) escapes lone surrogates, which UTF-8 cannot store.
-    return json.dumps(value, separators=(",", ":"))
-
-
 def _prepare(event: Event, evaluation: Evaluation) -> _Prepared:
     row = (
         q.text(event.source),
         q.text(event.event_id),
         event.occurred_at,
         event.received_at,
-        _json(event.payload),
-        _json(dict(event.headers)),
+        json_text(event.payload),
+        json_text(dict(event.headers)),
         str(evaluation.outcome),
         q.text(evaluation.rule),
         q.text(evaluation.reason),
@@ -473,25 +471,54 @@ def _prepare(event: Event, evaluation: Evaluation) -> _Prepared:
     return row, event.occurred_at, evaluation.transitions
 
 
-def _ingest(conn: sqlite3.Connection, prepared: list[_Prepared], now: float) -> IngestResult:
-    stored = duplicates = transitions = 0
-    touched: set[q.LeadKey] = set()
-    for row, occurred_at, queued in prepared:
-        cursor = conn.execute(
-            "INSERT INTO events (source, event_id, occurred_at, received_at, payload, headers,"
-            " outcome, rule, reason) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
-            " ON CONFLICT (source, event_id) DO NOTHING",
-            row,
-        )
-        if cursor.rowcount == 0:  # already stored, earlier or earlier in this very batch
-            duplicates += 1
-            continue
-        stored += 1
-        assert cursor.lastrowid is not None
-        touched |= q.queue_transitions(conn, cursor.lastrowid, occurred_at, queued, now)[0]
-        transitions += len(queued)
-    q.refresh_leads(conn, touched)
-    return IngestResult(stored=stored, duplicates=duplicates, transitions=transitions)
+_INSERT_EVENTS = (
+    "INSERT INTO events (source, event_id, occurred_at, received_at, payload, headers,"
+    " outcome, rule, reason) VALUES {values} ON CONFLICT (source, event_id) DO NOTHING"
+)
+_EVENT_ROW = "(?, ?, ?, ?, ?, ?, ?, ?, ?)"
+# The events this transaction inserted, as one JSON text: one step, not one per row.
+_INSERTED = "SELECT json_group_array(json_array(pk, source, event_id)) FROM events WHERE pk > ?"
+
+
+def _ingest_many(
+    conn: sqlite3.Connection, requests: list[tuple[list[_Prepared], float]]
+) -> list[IngestResult]:
+    """Store the events of several requests with a handful of statements in all.
+
+    Events go in first, all at once, skipping those already stored; the pks above the
+    largest before them are this transaction's (it holds the write lock, and
+    AUTOINCREMENT never reuses a pk). An event id twice in the group is stored for its
+    first request and a duplicate for the others, as if they had run one by one.
+    """
+    rows = [row for prepared, _ in requests for row, _, _ in prepared]
+    inserted = _insert_events(conn, rows)
+    results: list[IngestResult] = []
+    transitions: list[q.TransitionRow] = []
+    for prepared, now in requests:
+        stored = duplicates = queued = 0
+        for row, occurred_at, evaluated in prepared:
+            pk = inserted.pop((row[0], row[1]), None)  # popped: a second one is a duplicate
+            if pk is None:
+                duplicates += 1
+                continue
+            stored += 1
+            queued += len(evaluated)
+            transitions += q.transition_rows(pk, occurred_at, evaluated, now)
+        results.append(IngestResult(stored=stored, duplicates=duplicates, transitions=queued))
+    q.refresh_leads(conn, q.insert_transitions(conn, transitions)[0])
+    return results
+
+
+def _insert_events(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> dict[Any, int]:
+    """Insert event rows, skipping stored ones; the pk of each inserted (source, event_id)."""
+    if len(rows) == 1:  # a lone webhook (every one at concurrency 1): one statement
+        cursor = conn.execute(_INSERT_EVENTS.format(values=_EVENT_ROW), rows[0])
+        pk = cursor.lastrowid
+        return {(rows[0][0], rows[0][1]): pk} if cursor.rowcount == 1 and pk is not None else {}
+    (before,) = conn.execute("SELECT coalesce(max(pk), 0) FROM events").fetchone()
+    q.execute_rows(conn, _INSERT_EVENTS, _EVENT_ROW, rows)
+    (inserted_json,) = conn.execute(_INSERTED, (before,)).fetchone()
+    return {(source, event_id): pk for pk, source, event_id in orjson.loads(inserted_json)}
 
 
 def _apply_replay(conn: sqlite3.Connection, pk: int, evaluation: Evaluation, now: float) -> int:
