@@ -450,6 +450,34 @@ async def test_the_overview_shows_what_admin_stats_shows(start: Start) -> None:
     assert "No account is paused." in html
 
 
+class CountingStore:
+    """The store, counting the calls made to it by name."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.calls: list[str] = []
+
+    def __getattr__(self, name: str) -> Any:
+        found = getattr(self.store, name)
+        if not callable(found):
+            return found
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            self.calls.append(name)
+            return found(*args, **kwargs)
+
+        return call
+
+
+async def test_an_overview_refresh_reads_the_store_once(start: Start) -> None:
+    client = await start()
+    await sign_in(client)
+    counting = CountingStore(runtime_of(client).store)
+    runtime_of(client).store = counting  # type: ignore[assignment]
+    assert (await client.get(f"{UI}/")).status == 200
+    assert counting.calls == ["stats"]  # what /admin/stats and /metrics read too
+
+
 async def test_the_overview_names_paused_accounts_and_the_last_reload(start: Start) -> None:
     client = await start()
     runtime = runtime_of(client)
