@@ -2,9 +2,10 @@
 
 Server-rendered HTML (Jinja2, autoescaped) over the admin operations of `bridge.admin`;
 one small script makes the overview refresh itself and the dead-letter list selectable,
-and every page reads the same without it. Sign-in takes the admin token once and sets a
-signed session cookie (`session.py`); `site.py` guards every page; `pages.py` holds the
-pages; `playground.py` tries an edited rule on stored or pasted events, storing nothing.
+and every page reads the same without it. Sign-in (`signin.py`) takes the admin token
+once and sets a signed session cookie (`session.py`); `site.py` guards every page and
+renders; `pages.py` holds the pages over the store; `playground.py` (its page:
+`playground_page.py`) tries an edited rule on stored or pasted events, storing nothing.
 No storage of its own: what it shows beyond the store is the runtime's, kept in memory.
 """
 
@@ -14,7 +15,7 @@ import time
 
 from aiohttp import web
 
-from bridge.console import pages, site
+from bridge.console import pages, playground_page, signin, site
 from bridge.console.activity import sample_forever
 from bridge.runtime import Runtime
 
@@ -26,17 +27,17 @@ def console_app(runtime: Runtime) -> web.Application:
     app[site.CONSOLE] = site.Console(templates=site.templates(static), static=static)
     r = app.router
     r.add_get("/", pages.overview, name="overview")
-    r.add_get("/sign-in", site.sign_in_form, name="sign_in_form")
-    r.add_post("/sign-in", site.sign_in, name="sign_in")
-    r.add_post("/sign-out", site.sign_out, name="sign_out")
+    r.add_get("/sign-in", signin.sign_in_form, name="sign_in_form")
+    r.add_post("/sign-in", signin.sign_in, name="sign_in")
+    r.add_post("/sign-out", signin.sign_out, name="sign_out")
     r.add_get("/dead-letters", pages.dead_letters, name="dead_letters")
     r.add_post("/dead-letters/retry", pages.retry, name="retry")
     r.add_get("/leads", pages.lead, name="lead")
     r.add_get("/events", pages.events, name="events")
     r.add_get("/events/{pk}", pages.event, name="event")
     r.add_post("/events/{pk}/replay", pages.replay, name="replay")
-    r.add_get("/playground", pages.playground_form, name="playground_form")
-    r.add_post("/playground", pages.playground_run, name="playground")
+    r.add_get("/playground", playground_page.playground_form, name="playground_form")
+    r.add_post("/playground", playground_page.playground_run, name="playground")
     r.add_get("/static/{name}", site.static_file, name="static")
 
     async def start_sampling(app: web.Application) -> None:

@@ -1,31 +1,30 @@
-"""The console's pages: overview, dead letters, a lead, events, an event, the playground.
+"""The console's pages: overview, dead letters, a lead, events and an event.
 
 Each handler reads through the admin operations (`bridge.admin`) and the runtime, and
 renders one template; the two that change anything (retry, replay) are the admin
 operations themselves, logged as the JSON API logs them and answered with a redirect.
-The guard in `site.py` has checked the session and CSRF token before any of these runs.
+The guard in `site.py` has checked the session and CSRF token before any of these runs;
+the playground's page is `playground_page.py`.
 """
 
 from __future__ import annotations
 
-import asyncio
 import time
 from typing import Any, Final
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import structlog
-import yaml
 from aiohttp import web
 from pydantic import ValidationError
 
-from bridge import admin, logs
+from bridge import admin
 from bridge.admin_cli import UsageError, parse_lead
-from bridge.console import playground, views
+from bridge.console import views
 from bridge.console.activity import attempts_total
 from bridge.console.site import CONSOLE, PREFIX, render, see_other
+from bridge.delivery import LEADER
 from bridge.dryrun import describe
 from bridge.errors import NotFound
-from bridge.models import Event
 from bridge.runtime import RUNTIME, Runtime
 from bridge.store.base import StoredEvent
 
@@ -33,12 +32,6 @@ log = structlog.get_logger("bridge.console")
 
 REFRESH_S: Final = 5  # the overview refreshes itself this often (with JavaScript)
 MAX_IDS: Final = 1000  # ids one retry takes (what the dead-letter page lists at most)
-DEFAULT_LAST: Final = 50
-CONTENT_TYPES: Final = (
-    "application/json",
-    "application/x-www-form-urlencoded",
-    "text/xml",
-)
 
 
 def _wake(runtime: Runtime, queued: int) -> None:
@@ -50,8 +43,6 @@ def _wake(runtime: Runtime, queued: int) -> None:
 
 
 def _pacer_fraction(request: web.Request) -> float | None:
-    from bridge.delivery import LEADER  # only a serving process delivers
-
     leader = request.config_dict.get(LEADER)
     return None if leader is None else leader.client.pacer.fraction
 
@@ -186,7 +177,7 @@ async def events(request: web.Request) -> web.StreamResponse:
     )
 
 
-async def _stored(runtime: Runtime, text: str) -> StoredEvent:
+async def stored_event(runtime: Runtime, text: str) -> StoredEvent:
     if not text.isdigit():
         raise NotFound("no such event")
     found = await runtime.store.events_for_replay(ids=[int(text)], limit=1)
@@ -197,7 +188,7 @@ async def _stored(runtime: Runtime, text: str) -> StoredEvent:
 
 async def event(request: web.Request) -> web.StreamResponse:
     runtime = request.config_dict[RUNTIME]
-    stored = await _stored(runtime, request.match_info["pk"])
+    stored = await stored_event(runtime, request.match_info["pk"])
     bundle = runtime.bundle
     ev = stored.event
     report = describe(
@@ -220,134 +211,9 @@ async def event(request: web.Request) -> web.StreamResponse:
 
 async def replay(request: web.Request) -> web.StreamResponse:
     runtime = request.config_dict[RUNTIME]
-    stored = await _stored(runtime, request.match_info["pk"])
+    stored = await stored_event(runtime, request.match_info["pk"])
     selection = admin.ReplayRequest(ids=[stored.pk])
     result = await admin.replay(runtime.store, runtime.bundle.rules, selection, runtime.clock())
     log.info("admin.replay", via="console", **result.as_json())
     _wake(runtime, result.transitions)
     return see_other(f"{PREFIX}/events/{stored.pk}?replayed=1")
-
-
-# --- the rule playground --------------------------------------------------------------
-
-
-def _rule_yaml(runtime: Runtime, name: str | None, source: str | None) -> str:
-    """A running rule as YAML to start from (by name, else the first of the source)."""
-    rules = runtime.bundle.loaded.rules
-    chosen = next((r for r in rules if r.rule.name == name), None)
-    if chosen is None and source:
-        chosen = next((r for r in rules if source in _sources(r.rule.source)), None)
-    if chosen is None:
-        return ""
-    data = chosen.rule.model_dump(by_alias=True, exclude_defaults=True)
-    text = yaml.safe_dump(data, sort_keys=False, allow_unicode=True, width=1000)
-    # A rule may have had a secret interpolated into it; the page must not show one.
-    return str(logs.Redactor(runtime.bundle.secrets()).scrub(text))
-
-
-def _sources(source: str | list[str]) -> list[str]:
-    return [source] if isinstance(source, str) else list(source)
-
-
-def _form(data: Any, key: str, default: str = "") -> str:
-    value = data.get(key, default)
-    return value if isinstance(value, str) else default
-
-
-async def playground_form(request: web.Request) -> web.StreamResponse:
-    runtime = request.config_dict[RUNTIME]
-    picked = request.query.get("event", "")
-    source = None
-    if picked.isdigit():
-        source = (await _stored(runtime, picked)).event.source
-    form = {
-        "event": picked if picked.isdigit() else "",
-        "rule": _rule_yaml(runtime, request.query.get("rule"), source),
-        "source": source or "",
-        "payload": "",
-        "content_type": CONTENT_TYPES[0],
-        "last": str(DEFAULT_LAST),
-    }
-    return _playground_page(request, form, None)
-
-
-def _playground_page(
-    request: web.Request, form: dict[str, str], result: dict[str, Any] | None, status: int = 200
-) -> web.Response:
-    runtime = request.config_dict[RUNTIME]
-    return render(
-        request,
-        "playground.html",
-        status=status,
-        form=form,
-        result=result,
-        sources=sorted(runtime.bundle.sources),
-        rules=[r.name for r in runtime.bundle.rules.rules],
-        content_types=CONTENT_TYPES,
-        max_last=playground.MAX_LAST,
-        max_rule=playground.MAX_RULE_CHARS,
-    )
-
-
-async def playground_run(request: web.Request) -> web.StreamResponse:
-    runtime = request.config_dict[RUNTIME]
-    data = await request.post()
-    form = {
-        key: _form(data, key)
-        for key in ("event", "rule", "source", "payload", "content_type", "last")
-    }
-    if form["content_type"] not in CONTENT_TYPES:
-        form["content_type"] = CONTENT_TYPES[0]
-    last = int(form["last"]) if form["last"].isdigit() else DEFAULT_LAST
-    last = max(0, min(last, playground.MAX_LAST))
-    form["last"] = str(last)
-    async with request.config_dict[CONSOLE].playground:
-        result = await _try(runtime, form, last)
-    return _playground_page(request, form, result, status=400 if result.get("errors") else 200)
-
-
-async def _try(runtime: Runtime, form: dict[str, str], last: int) -> dict[str, Any]:
-    """Parse, compile and run the edited rule; read-only, and bounded in time."""
-    bundle = runtime.bundle
-    stored: StoredEvent | None = None
-    if form["event"].strip():
-        try:
-            stored = await _stored(runtime, form["event"].strip())
-        except NotFound as exc:
-            return {"errors": [exc.reason]}
-        form["source"] = stored.event.source
-    recent: list[StoredEvent] = []
-    if form["source"] in bundle.sources and last:
-        query = admin.EventQuery(source=form["source"], limit=last)
-        recent = await admin.list_events(runtime.store, query)
-    base_url = bundle.config.voxys.base_url
-
-    def work() -> dict[str, Any]:
-        edit = playground.candidate(bundle, playground.parse_rule(form["rule"]))
-        events: list[Event] = []
-        if stored is not None:
-            events = [stored.event]
-        elif form["payload"].strip():
-            body = form["payload"].encode("utf-8", "surrogatepass")
-            events = playground.pasted_events(bundle, form["source"], body, form["content_type"])
-        trials = [playground.trial(e, bundle.rules, edit, base_url) for e in events]
-        pairs = [(s.pk, s.event) for s in recent]
-        return {
-            "edit": edit,
-            "trials": trials,
-            "changes": playground.changes(pairs, bundle.rules, edit, base_url),
-            "compared": len(recent),
-            "errors": [],
-        }
-
-    try:
-        return await asyncio.to_thread(playground.within, playground.DEADLINE_S, work)
-    except playground.PlaygroundError as exc:
-        return {"errors": exc.messages}
-    except playground.Overtime:
-        return {
-            "errors": [
-                f"stopped after {playground.DEADLINE_S:g} s: the rule takes too long on these"
-                " events (a loop inside a loop?)"
-            ]
-        }

@@ -1,4 +1,4 @@
-"""The console's web edge: sign-in and sign-out, the guard every page passes, rendering.
+"""The console's web edge: the guard every request passes, sessions, rendering, static files.
 
 The guard, in order: the console is off (404) once a reload removed `admin.token`; pages
 other than sign-in and static files need a session cookie that verifies with the
@@ -26,7 +26,7 @@ from aiohttp.typedefs import Handler
 
 from bridge.console import views
 from bridge.console.activity import RequestRate
-from bridge.console.session import SESSION_TTL_S, Revoked, Session, Signer, Throttle, same_secret
+from bridge.console.session import Revoked, Session, Signer, Throttle
 from bridge.errors import RequestRejected, StorageError
 from bridge.runtime import RUNTIME, Runtime
 
@@ -35,8 +35,6 @@ log = structlog.get_logger("bridge.console")
 PREFIX: Final = "/admin/ui"
 SAFE_METHODS: Final = frozenset({"GET", "HEAD"})
 PUBLIC_ROUTES: Final = frozenset({"sign_in", "sign_in_form", "static"})
-MAX_TOKEN_CHARS: Final = 1000  # a longer "token" is not compared, only refused
-SIGN_IN_COOKIE_TTL_S: Final = 3600
 
 # No inline script or style at all: the one script and the one stylesheet are files.
 CSP: Final = (
@@ -51,9 +49,10 @@ SECURITY_HEADERS: Final = {
     "Referrer-Policy": "same-origin",
     "Cross-Origin-Opener-Policy": "same-origin",
     "Cross-Origin-Resource-Policy": "same-origin",
-    "Permissions-Policy": "camera=(), microphone=(), geolocation=(), interest-cohort=()",
+    "Permissions-Policy": "camera=(), microphone=(), geolocation=()",
 }
-_NEXT = re.compile(r"/admin/ui/[A-Za-z0-9/_.\-?=&%+]*")
+# Where sign-in may send the browser afterwards: a console page, nothing else.
+NEXT = re.compile(r"/admin/ui/[A-Za-z0-9/_.\-?=&%+]*")
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,7 +104,6 @@ def templates(static: dict[str, StaticFile]) -> jinja2.Environment:
     env.globals.update(
         base=PREFIX,
         static=lambda name: f"{PREFIX}/static/{name}?v={static[name].version}",
-        quote=lambda text: quote(str(text), safe=""),
     )
     return env
 
@@ -113,14 +111,14 @@ def templates(static: dict[str, StaticFile]) -> jinja2.Environment:
 # --- sessions -------------------------------------------------------------------------
 
 
-def _token(runtime: Runtime) -> str | None:
+def admin_token(runtime: Runtime) -> str | None:
     token = runtime.bundle.config.admin.token
     return None if token is None else token.get_secret_value()
 
 
 def signer_of(request: web.Request) -> Signer:
     """The signer of the current admin token (the guard has checked there is one)."""
-    token = _token(request.config_dict[RUNTIME])
+    token = admin_token(request.config_dict[RUNTIME])
     assert token is not None
     return Signer.for_token(token)
 
@@ -137,7 +135,7 @@ def cookie_name(runtime: Runtime, base: str = "vb_console") -> str:
 def session_of(request: web.Request) -> Session | None:
     """The request's verified session, unless signed out in this process."""
     runtime = request.config_dict[RUNTIME]
-    token = _token(runtime)
+    token = admin_token(runtime)
     if token is None:
         return None
     session = Signer.for_token(token).verify(
@@ -208,14 +206,14 @@ def _same_origin(request: web.Request, runtime: Runtime) -> bool:
 
 async def _checked(request: web.Request, handler: Handler) -> web.StreamResponse:
     runtime = request.config_dict[RUNTIME]
-    if _token(runtime) is None:  # removed by a reload: the console is off again
+    if admin_token(runtime) is None:  # removed by a reload: the console is off again
         return error_page(request, 404, "The console is off: admin.token is not set.")
     if request.match_info.route.name in PUBLIC_ROUTES:
         return await handler(request)
     session = session_of(request)
     if session is None:
         if request.method in SAFE_METHODS:
-            target = request.path_qs if _NEXT.fullmatch(request.path_qs) else f"{PREFIX}/"
+            target = request.path_qs if NEXT.fullmatch(request.path_qs) else f"{PREFIX}/"
             return see_other(f"{PREFIX}/sign-in?next={quote(target, safe='')}")
         return error_page(request, 401, "Your session ended: sign in again.")
     if request.method not in SAFE_METHODS:
@@ -250,82 +248,7 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
     return response
 
 
-# --- sign-in, sign-out, static --------------------------------------------------------
-
-
-def _next(value: object) -> str:
-    text = value if isinstance(value, str) else ""
-    return text if _NEXT.fullmatch(text) and "//" not in text else f"{PREFIX}/"
-
-
-def _sign_in_page(request: web.Request, status: int, message: str | None) -> web.Response:
-    runtime = request.config_dict[RUNTIME]
-    nonce, token = signer_of(request).sign_in_nonce()
-    response = render(
-        request,
-        "sign_in.html",
-        status=status,
-        message=message,
-        csrf=token,
-        signed_in=False,
-        next=_next(request.query.get("next")),
-    )
-    set_cookie(response, runtime, cookie_name(runtime, "vb_sign_in"), nonce, SIGN_IN_COOKIE_TTL_S)
-    return response
-
-
-async def sign_in_form(request: web.Request) -> web.StreamResponse:
-    if session_of(request) is not None:
-        return see_other(f"{PREFIX}/")
-    message = "Signed out." if "signed_out" in request.query else None
-    return _sign_in_page(request, 200, message)
-
-
-async def sign_in(request: web.Request) -> web.StreamResponse:
-    runtime = request.config_dict[RUNTIME]
-    console = request.config_dict[CONSOLE]
-    client = request.remote or "unknown"
-    now = runtime.clock()
-    wait = console.throttle.wait(client, now)
-    if wait > 0:
-        log.warning("admin.unauthorized", path=request.path, remote=client, reason="throttled")
-        page = _sign_in_page(request, 429, f"Too many wrong tokens: try again in {wait:.0f} s.")
-        page.headers["Retry-After"] = str(int(wait) + 1)
-        return page
-    form = await request.post()
-    nonce = request.cookies.get(cookie_name(runtime, "vb_sign_in"))
-    given_csrf = form.get("csrf")
-    if not signer_of(request).sign_in_ok(
-        nonce, given_csrf if isinstance(given_csrf, str) else None
-    ):
-        log.warning("console.csrf_refused", path=request.path, remote=client)
-        return _sign_in_page(request, 403, "The sign-in form expired: sign in again.")
-    given = form.get("token")
-    token = _token(runtime)
-    assert token is not None
-    if not isinstance(given, str) or len(given) > MAX_TOKEN_CHARS or not same_secret(given, token):
-        console.throttle.failed(client, now)
-        log.warning("admin.unauthorized", path=request.path, remote=client)
-        return _sign_in_page(request, 401, "That is not the admin token.")
-    console.throttle.succeeded(client)
-    console.revoked.forget_expired(now)
-    _, value = signer_of(request).issue(now)
-    response = see_other(_next(form.get("next")))
-    set_cookie(response, runtime, cookie_name(runtime), value, int(SESSION_TTL_S))
-    set_cookie(response, runtime, cookie_name(runtime, "vb_sign_in"), "", 0)
-    log.info("console.signed_in", remote=client)
-    return response
-
-
-async def sign_out(request: web.Request) -> web.StreamResponse:
-    runtime = request.config_dict[RUNTIME]
-    session = session_of(request)
-    if session is not None:
-        request.config_dict[CONSOLE].revoked.add(session)
-    response = see_other(f"{PREFIX}/sign-in?signed_out=1")
-    set_cookie(response, runtime, cookie_name(runtime), "", 0)
-    log.info("console.signed_out", remote=request.remote)
-    return response
+# --- static files ---------------------------------------------------------------------
 
 
 async def static_file(request: web.Request) -> web.StreamResponse:
