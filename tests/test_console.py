@@ -19,6 +19,7 @@ from aiohttp.test_utils import TestClient
 
 from bridge.app import create_app
 from bridge.bundle import load_bundle
+from bridge.console.activity import RecentCount
 from bridge.console.session import SESSION_TTL_S
 from bridge.console.site import CSP
 from bridge.models import Event
@@ -721,3 +722,24 @@ def test_bundles_load_with_the_console_package_data() -> None:
     env = templates(static)
     for name in ("base.html", "overview.html", "playground.html", "sign_in.html"):
         assert env.get_template(name)
+
+
+def test_requests_in_the_last_minute_come_from_samples_of_the_attempts_counter() -> None:
+    from bridge.console.activity import RequestRate
+
+    rate = RequestRate()
+    assert rate.last_minute(100.0, 7) == RecentCount(0, 0.0)  # nothing sampled yet
+    for second, total in ((0, 0), (5, 10), (30, 40), (61, 70)):
+        rate.sample(float(second), total)
+    # From the newest sample at least a minute old (t=5, 10 sent) to now (t=66, 90 sent).
+    assert rate.last_minute(66.0, 90) == RecentCount(80, 61.0)
+    # A young process counts since its first sample, and says over how long.
+    young = RequestRate()
+    young.sample(10.0, 3)
+    assert young.last_minute(25.0, 8) == RecentCount(5, 15.0)
+
+
+async def test_the_sampler_runs_as_a_supervised_task(start: Start) -> None:
+    client = await start()
+    supervisor = runtime_of(client).supervisor
+    assert "console-sampler" in supervisor.restarts and supervisor.broken() == {}
