@@ -7,6 +7,7 @@ python -m bench rules_eval [--rules 100]
 python -m bench scaling [--workers 1,2,4] [--postgres DSN]
 python -m bench reload [--rows 1000000] [--rate 200] [--runs 3] [--bridge-src DIR]
 python -m bench profile [--duration 12] [--against REV]   (needs py-spy; not in `all`)
+python -m bench console [--events 10000,100000] [--requests 300]
 python -m bench all
 """
 
@@ -15,7 +16,16 @@ from __future__ import annotations
 import importlib
 import sys
 
-SCENARIOS = ("ingest", "recovery", "delivery", "rules_eval", "scaling", "reload", "profile")
+SCENARIOS = (
+    "ingest",
+    "recovery",
+    "delivery",
+    "rules_eval",
+    "scaling",
+    "reload",
+    "profile",
+    "console",
+)
 # `all`: every scenario with its defaults; delivery's rate accuracy at both limits.
 ALL: tuple[tuple[str, list[str]], ...] = (
     ("ingest", []),
@@ -26,6 +36,7 @@ ALL: tuple[tuple[str, list[str]], ...] = (
     ("rules_eval", []),
     ("scaling", []),
     ("reload", []),
+    ("console", []),
 )
 
 

@@ -9,6 +9,7 @@ import structlog
 from aiohttp import web
 
 from bridge.admin import mount as mount_admin
+from bridge.console import mount as mount_console
 from bridge.errors import StorageError
 from bridge.ingest import handle_webhook
 from bridge.metrics import METRICS, handle_metrics
@@ -84,5 +85,6 @@ def create_app(runtime: Runtime, *, hooks: Sequence[Hook] = ()) -> web.Applicati
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", handle_metrics)
+    mount_console(app, runtime)  # before /admin: its prefix would take /admin/ui/ too
     mount_admin(app, runtime)
     return app

@@ -36,7 +36,7 @@ from bridge.bundle import Bundle, load_bundle
 from bridge.config import Config
 from bridge.errors import ConfigErrors
 from bridge.files import FileReads
-from bridge.runtime import RUNTIME, Runtime
+from bridge.runtime import RUNTIME, ReloadRecord, Runtime
 
 log = structlog.get_logger("bridge.reload")
 
@@ -143,7 +143,9 @@ class Reloader:
             new = await asyncio.to_thread(load_bundle, self.config_path, files)
         except ConfigErrors as exc:
             metrics.reloads.labels(result="failed").inc()
-            log.error("config.reload_failed", trigger=trigger, errors=[str(e) for e in exc.errors])
+            errors = [str(e) for e in exc.errors]
+            log.error("config.reload_failed", trigger=trigger, errors=errors)
+            self._record(trigger, "failed", None, errors=logs.REDACTOR.scrub(errors))
             return "failed"
         finally:
             sys.setswitchinterval(interval)
@@ -159,16 +161,19 @@ class Reloader:
                 applied=False,
                 duration_ms=duration_ms,
             )
+            self._record(trigger, "restart_required", duration_ms, keys=keys)
             return "restart_required"
         self.runtime.bundle = new
         metrics.reloads.labels(result="ok").inc()
-        log.info(
-            "config.reloaded",
-            trigger=trigger,
-            duration_ms=duration_ms,
-            **changes_between(old, new).as_log(),
-        )
+        changes = changes_between(old, new).as_log()
+        log.info("config.reloaded", trigger=trigger, duration_ms=duration_ms, **changes)
+        self._record(trigger, "applied", duration_ms, **changes)
         return "applied"
+
+    def _record(self, trigger: str, outcome: str, duration_ms: float | None, **detail: Any) -> None:
+        self.runtime.last_reload = ReloadRecord(
+            self.runtime.clock(), trigger, outcome, duration_ms, detail
+        )
 
     async def _next_trigger(self) -> str:
         while True:
@@ -188,11 +193,9 @@ class Reloader:
                 await self.reload(trigger)
             except Exception as exc:  # the boundary: a reload never stops the next one
                 self.runtime.metrics.reloads.labels(result="failed").inc()
-                log.exception(
-                    "config.reload_failed",
-                    trigger=trigger,
-                    errors=[f"internal error: {type(exc).__name__}"],
-                )
+                errors = [f"internal error: {type(exc).__name__}"]
+                log.exception("config.reload_failed", trigger=trigger, errors=errors)
+                self._record(trigger, "failed", None, errors=errors)
 
 
 async def reload_hook(app: web.Application) -> AsyncIterator[None]:

@@ -45,6 +45,18 @@ class DeliveryState:
         }
 
 
+@dataclass(frozen=True, slots=True)
+class ReloadRecord:
+    """The latest reload's result as `config.reloaded` and its siblings log it (the console
+    shows it; nothing stores it)."""
+
+    at: float  # POSIX seconds, when it finished
+    trigger: str  # "sighup" or "file_changed"
+    outcome: str  # "applied", "failed" or "restart_required"
+    duration_ms: float | None = None
+    detail: dict[str, Any] = field(default_factory=dict)  # changes, keys or errors
+
+
 @dataclass
 class Runtime:
     """The mutable state of one running bridge: the current bundle and its resources."""
@@ -56,6 +68,7 @@ class Runtime:
     supervisor: Supervisor = field(default_factory=Supervisor)
     delivery: DeliveryState = field(default_factory=DeliveryState)
     on_stored: list[Callable[[int], None]] = field(default_factory=list)  # wakes delivery
+    last_reload: ReloadRecord | None = None  # set by bridge.reload
 
 
 RUNTIME = web.AppKey("runtime", Runtime)

@@ -131,8 +131,25 @@ def test_the_wheel_ships_config_and_examples_and_its_demo_runs_anywhere(tmp_path
         check=True,
     )
     assert where.stdout.strip() == str(site / "bridge" / "__init__.py")
-    # then it runs every shipped example as from a checkout.
+    # then it runs every shipped example as from a checkout,
     check_run(run_demo(str(site / "bin" / "voxys-bridge"), cwd=workdir, env=env))
+    # and the console finds its templates and static files in the installed package.
+    console = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from bridge.console import site; s = site.load_static();"
+            " [site.templates(s).get_template(n) for n in ('base.html', 'overview.html',"
+            " 'playground.html')]; print(site.__file__, sorted(s))",
+        ],
+        env=env,
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert console.stdout.startswith(str(site / "bridge" / "console" / "site.py"))
+    assert "['console.css', 'console.js', 'favicon.svg']" in console.stdout
 
 
 @pytest.mark.slow
