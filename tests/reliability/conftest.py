@@ -249,3 +249,15 @@ def server_factory(tmp_path: Path, rlb_env: dict[str, str]) -> Iterator[Any]:
     yield make
     for server in made:
         server.stop()
+
+
+@pytest.fixture
+def fleet(tmp_path: Path, rlb_env: dict[str, str]) -> Iterator[Any]:
+    """Real replicas, a Voxys sandbox process and TCP proxies; all stopped at teardown."""
+    from tests.reliability.fleet import Fleet
+
+    made = Fleet(tmp_path, rlb_env, VOXYS_TOKEN)
+    try:
+        yield made
+    finally:
+        made.close()

@@ -1,0 +1,97 @@
+"""The bridge's promises, checked from outside: what Voxys saw (the sandbox's arrival
+log) and what the store says.
+
+Never more than the rate in any window; every lead ends in the state of its newest
+event; few duplicates; every event answered 2xx stored and settled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from bridge.fakevoxys import max_in_window
+from bridge.store import open_store
+from tests.reliability.fleet import ACCOUNT, Arrival, Sandbox
+from tests.reliability.traffic import NEWER
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What Voxys saw, summed up against the promises."""
+
+    arrivals: int
+    max_in_window: int
+    duplicates: int
+    final: dict[int, str]
+
+    def __str__(self) -> str:
+        return (
+            f"{self.arrivals} PATCHes, at most {self.max_in_window} in a window,"
+            f" {self.duplicates} duplicates"
+        )
+
+
+def verdict(arrivals: Sequence[Arrival], per_seconds: float) -> Verdict:
+    ok = [a for a in arrivals if a.http == 200]
+    final: dict[int, str] = {}
+    for a in ok:  # sorted by arrival: the sandbox applies in arrival order
+        if a.lead is not None and a.status is not None:
+            final[a.lead] = a.status
+    distinct = {(a.lead, a.status) for a in ok}
+    return Verdict(
+        arrivals=len(arrivals),
+        max_in_window=max_in_window([a.at for a in arrivals], per_seconds),
+        duplicates=len(ok) - len(distinct),
+        final=final,
+    )
+
+
+async def ledgers(url: str, leads: Iterable[int]) -> dict[str, str]:
+    """event id -> state of its transition, over the leads' ledgers in the store."""
+    store = open_store(url)
+    await store.open()
+    try:
+        states = {}
+        for lead in leads:
+            for entry in await store.ledger(ACCOUNT, lead):
+                states[entry.event_id] = str(entry.state)
+        return states
+    finally:
+        await store.close()
+
+
+async def settled(
+    sandbox: Sandbox, leads: Iterable[int], timeout: float, newest: str = NEWER
+) -> Verdict:
+    """Wait until every lead's final Voxys state is `newest`; what Voxys saw."""
+    leads = set(leads)
+    deadline = time.monotonic() + timeout
+    while True:
+        seen = verdict(sandbox.arrivals(), 1.0)
+        if all(seen.final.get(lead) == newest for lead in leads):
+            return seen
+        if time.monotonic() > deadline:
+            missing = sorted(lead for lead in leads if seen.final.get(lead) != newest)
+            raise AssertionError(f"leads not at {newest!r} within {timeout} s: {missing[:20]}")
+        await asyncio.sleep(0.1)
+
+
+async def accounted(url: str, answered: Iterable[str], leads: Iterable[int]) -> None:
+    """Every event answered 2xx is stored and its transition settled: the newer delivered,
+    the older delivered, superseded or stale; nothing pending, in flight or dead."""
+    states = await ledgers(url, leads)
+    answered = set(answered)
+    missing = answered - states.keys()
+    assert not missing, f"answered 2xx but not stored: {sorted(missing)[:10]}"
+    wrong = {
+        event_id: state
+        for event_id, state in states.items()
+        if state not in (("delivered",) if event_id.endswith(NEWER) else SETTLED_OLDER)
+    }
+    assert not wrong, f"not settled as they should be: {dict(sorted(wrong.items())[:10])}"
+
+
+SETTLED_OLDER = ("delivered", "superseded", "stale")

@@ -1,0 +1,203 @@
+"""The fenced delivery lease changing hands, tried the Jepsen way on real processes.
+
+Bridge replicas (`voxys-bridge serve`) share one store, real SQLite files or real
+PostgreSQL; Voxys is `voxys-bridge sandbox --json` in a process of its own, which logs
+the time every request arrived. A stream of signed webhooks gives each lead an older
+`won` and a newer `lost`; mid-stream the deliverer is killed, frozen, cut off from the
+database or the database goes away. Checked from outside afterwards: Voxys never saw
+more than the rate limit in any window, every lead ends in its newest state, at most
+`max_in_flight` PATCHes were repeated, and every event answered 2xx is settled.
+
+Timing: a short lease (`storage.lease_ttl: 2s`: renewed every 0.67 s, the holder stops
+0.5 s before it can expire) keeps every handover to a few seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sqlite3
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import PG_DSN, needs_postgres
+from tests.reliability.conftest import STRIPE_SECRET
+from tests.reliability.fleet import Fleet, Replica, leader, start_all
+from tests.reliability.promises import Verdict, accounted, settled
+from tests.reliability.traffic import Stream, lead_events
+
+pytestmark = [pytest.mark.reliability, pytest.mark.slow, pytest.mark.timeout(120)]
+
+TTL = 2.0  # storage.lease_ttl
+RATE = 20  # voxys.rate_limit: requests per second
+MAX_IN_FLIGHT = 4
+LATENCY = 0.1  # each Voxys answer takes this long: requests are in flight when we strike
+POST_RATE = 30.0  # webhooks per second from the senders
+LEADS = range(1, 31)
+
+Fault = Callable[[Fleet, Stream, Replica, list[Replica]], Awaitable[None]]
+
+
+@pytest.fixture(
+    params=["sqlite", pytest.param("postgresql", marks=[pytest.mark.postgres, needs_postgres])]
+)
+def storage(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The shared store's URL: a SQLite file, or a PostgreSQL schema of this test's own.
+
+    Ask for it before `fleet`: the schema is then dropped after the fleet has stopped
+    (a frozen replica's open transaction would otherwise block the DROP).
+    """
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'shared.db'}"
+    return f"{PG_DSN}?schema={request.getfixturevalue('pg_schema')}"
+
+
+async def until(condition: Callable[[], Any], timeout: float, what: str) -> None:
+    """Poll `condition` (a readiness check, not a sleep) until it holds."""
+    deadline = time.monotonic() + timeout
+    while not await _value(condition()):
+        assert time.monotonic() < deadline, f"not within {timeout} s: {what}"
+        await asyncio.sleep(0.02)
+
+
+async def _value(value: Any) -> Any:
+    return await value if isinstance(value, Awaitable) else value
+
+
+async def fault_mid_stream(
+    fleet: Fleet, storage: str, replicas: int, fault: Fault, *, urls: list[str] | None = None
+) -> tuple[Verdict, Stream]:
+    """Start the fleet, stream events, strike once deliveries are flowing, then wait for
+    every lead to reach its newest state and check the promises."""
+    sandbox = fleet.sandbox(latency=LATENCY)
+    fleet_ = fleet.replicas(
+        replicas,
+        urls or storage,
+        sandbox.url,
+        ttl=TTL,
+        rate=RATE,
+        max_in_flight=MAX_IN_FLIGHT,
+    )
+    await start_all(fleet_)
+    holder = await leader(fleet_)
+    stream = Stream(fleet_, STRIPE_SECRET, per_second=POST_RATE)
+    posting = asyncio.create_task(stream.post_all(lead_events(LEADS)))
+    try:
+        await until(lambda: len(sandbox.arrivals()) >= 10, 20, "deliveries flowing")
+        await fault(fleet, stream, holder, fleet_)
+        await posting
+    finally:
+        posting.cancel()
+    seen = await settled(sandbox, LEADS, timeout=45)
+    assert seen.max_in_window <= RATE, seen
+    assert seen.duplicates <= MAX_IN_FLIGHT, seen
+    await accounted(storage, stream.answered, LEADS)
+    assert len(stream.answered) == 2 * len(LEADS)
+    return seen, stream
+
+
+# --- the faults ---------------------------------------------------------------------------
+
+
+async def sigkill(fleet: Fleet, stream: Stream, holder: Replica, replicas: list[Replica]) -> None:
+    stream.down.add(holder.name)
+    holder.kill()
+    await leader(r for r in replicas if r is not holder)
+
+
+async def test_a_sigkilled_deliverer_is_replaced_without_two_senders(
+    storage: str, fleet: Fleet
+) -> None:
+    await fault_mid_stream(fleet, storage, 2 if storage.startswith("sqlite") else 3, sigkill)
+
+
+async def lease_row_locked(storage: str) -> bool:
+    """True when some transaction holds the lease row locked (a claim or settle under way)."""
+    import asyncpg
+
+    dsn, _, schema = storage.partition("?schema=")
+    conn = await asyncpg.connect(dsn, server_settings={"search_path": schema})
+    try:
+        async with conn.transaction():
+            await conn.execute("SELECT 1 FROM lease WHERE name = 'delivery' FOR UPDATE NOWAIT")
+        return False
+    except asyncpg.LockNotAvailableError:
+        return True
+    finally:
+        await conn.close()
+
+
+def sqlite_write_locked(storage: str) -> bool:
+    """True when some process holds the SQLite file's write lock."""
+    conn = sqlite3.connect(storage.removeprefix("sqlite:///"), timeout=0, isolation_level=None)
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("ROLLBACK")
+        return False
+    except sqlite3.OperationalError:
+        return True
+    finally:
+        conn.close()
+
+
+async def freeze(holder: Replica, when: Callable[[], Awaitable[bool]], tries: int = 2000) -> None:
+    """SIGSTOP `holder` at a moment `when()` says yes to (SIGCONT and try again otherwise)."""
+    for _ in range(tries):
+        holder.signal(signal.SIGSTOP)
+        if await when():
+            return
+        holder.signal(signal.SIGCONT)
+        await asyncio.sleep(0.003)
+    raise AssertionError(f"never caught the moment in {tries} tries")
+
+
+def sigstop(storage: str, *, inside_transaction: bool) -> Fault:
+    """Freeze the deliverer until a standby has taken over and delivered, then resume it."""
+
+    async def when() -> bool:
+        if storage.startswith("sqlite"):
+            # A frozen holder of SQLite's one write lock stops every writer, ingest too:
+            # nobody can take over until it runs again. Freeze it between transactions.
+            return not sqlite_write_locked(storage)
+        return await lease_row_locked(storage) == inside_transaction
+
+    async def fault(fleet: Fleet, stream: Stream, holder: Replica, replicas: list[Replica]) -> None:
+        stream.down.add(holder.name)
+        sandbox = fleet.sandboxes[0]
+        await freeze(holder, when)
+        frozen_at = time.monotonic()
+        new = await leader([r for r in replicas if r is not holder], timeout=4 * TTL + 5)
+        took_over = time.monotonic() - frozen_at
+        await until(
+            lambda: sum(a.at > frozen_at + took_over for a in sandbox.arrivals()) >= 5,
+            10,
+            f"{new.name} delivering",
+        )
+        holder.signal(signal.SIGCONT)
+        stream.down.discard(holder.name)
+
+        async def standing_by() -> bool:
+            return await holder.leads() is False
+
+        await until(standing_by, 10, "the thawed holder stands by")
+
+    return fault
+
+
+async def test_a_frozen_deliverer_is_replaced_and_stays_quiet_when_it_thaws(
+    storage: str, fleet: Fleet
+) -> None:
+    await fault_mid_stream(fleet, storage, 2, sigstop(storage, inside_transaction=False))
+
+
+@needs_postgres
+@pytest.mark.postgres
+async def test_a_deliverer_frozen_inside_a_transaction_is_replaced_within_a_few_ttls(
+    pg_schema: str, fleet: Fleet
+) -> None:
+    storage = f"{PG_DSN}?schema={pg_schema}"
+    await fault_mid_stream(fleet, storage, 2, sigstop(storage, inside_transaction=True))
