@@ -52,6 +52,12 @@ CONNECT_TIMEOUT: Final = 10.0  # seconds
 # StorageError the caller retries, instead of hanging its caller for TCP's timeouts.
 COMMAND_TIMEOUT: Final = 30.0  # seconds
 MESSAGE_MAX: Final = 300  # characters of a driver's error message kept in a StorageError
+# Our transactions wait on nothing but this database, so one left idle this long has a
+# client that is frozen (SIGSTOP, a stalled VM) or cut off without the server noticing.
+# Its locks must not outlive that: a claim's or settle's share lock on the lease row
+# would keep every standby from taking the lease over, for as long as the client stays
+# frozen or until TCP keepalive gives up on it (hours). The server ends such a session.
+IDLE_IN_TRANSACTION_MS: Final = 2000
 _IDENTIFIER: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 _ARGUMENT: Final = re.compile(r"(query argument \$\d+): .*( \([^()]*\))$", re.DOTALL)
 _RETRYABLE: Final = (asyncpg.DeadlockDetectedError, asyncpg.SerializationError)
@@ -142,7 +148,10 @@ class PostgresStore:
     @property
     def settings(self) -> dict[str, str]:
         """The session settings of every connection to this store (its own or the lease's)."""
-        settings = {"application_name": "voxys-bridge"}
+        settings = {
+            "application_name": "voxys-bridge",
+            "idle_in_transaction_session_timeout": str(IDLE_IN_TRANSACTION_MS),
+        }
         if self._schema is not None:
             settings["search_path"] = f'"{self._schema}"'
         if self._read_only:
