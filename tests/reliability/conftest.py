@@ -23,7 +23,7 @@ import aiohttp
 import pytest
 import yaml
 
-from tests.conftest import free_port, stripe_event, stripe_headers
+from tests.conftest import PG_DSN, free_port, needs_postgres, stripe_event, stripe_headers
 
 SCRIPT = str(Path(sys.executable).parent / "voxys-bridge")
 
@@ -261,3 +261,17 @@ def fleet(tmp_path: Path, rlb_env: dict[str, str]) -> Iterator[Any]:
         yield made
     finally:
         made.close()
+
+
+@pytest.fixture(
+    params=["sqlite", pytest.param("postgresql", marks=[pytest.mark.postgres, needs_postgres])]
+)
+def storage(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The shared store's URL: a SQLite file, or a PostgreSQL schema of this test's own.
+
+    Ask for it before `fleet`: the schema is then dropped after the fleet has stopped
+    (a frozen replica's open transaction would otherwise block the DROP).
+    """
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'shared.db'}"
+    return f"{PG_DSN}?schema={request.getfixturevalue('pg_schema')}"

@@ -77,7 +77,6 @@ class Proxy:
     are refused) until `restore()`."""
 
     def __init__(self, target_port: int, target_host: str = "127.0.0.1") -> None:
-
         self.target = (target_host, target_port)
         self.port = free_port()
         self.connections = 0
@@ -85,6 +84,7 @@ class Proxy:
         self._thread = threading.Thread(target=self._loop.run_forever, name="proxy", daemon=True)
         self._server: asyncio.Server | None = None
         self._open: set[asyncio.StreamWriter] = set()
+        self._handlers: set[asyncio.Task[Any]] = set()
 
     def start(self) -> Proxy:
         self._thread.start()
@@ -100,8 +100,10 @@ class Proxy:
     def stop(self) -> None:
         if self._thread.is_alive():
             self._run(self._cut())
+            self._run(self._finish())
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(5)
+            self._loop.close()
 
     def _run(self, coro: Any) -> Any:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(10)
@@ -120,7 +122,16 @@ class Proxy:
             writer.transport.abort()  # a reset: both ends learn at once
         self._open.clear()
 
+    async def _finish(self) -> None:
+        for task in self._handlers:
+            task.cancel()
+        await asyncio.gather(*self._handlers, return_exceptions=True)
+
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._handlers.add(task)
+        task.add_done_callback(self._handlers.discard)
         try:
             up_reader, up_writer = await asyncio.open_connection(*self.target)
         except OSError:
@@ -142,7 +153,6 @@ class Proxy:
 
 def proxied(dsn: str, port: int) -> str:
     """`dsn` with its host:port replaced by the proxy's."""
-
     parts = urlsplit(dsn)
     netloc = parts.netloc.rsplit("@", 1)
     host = f"127.0.0.1:{port}"

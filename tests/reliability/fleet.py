@@ -19,7 +19,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -134,6 +134,7 @@ class Replica:
         self.write_config(config)
 
     def write_config(self, config: dict[str, Any]) -> None:
+        self.config = config
         self.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
 
     @property
@@ -228,6 +229,18 @@ async def leader(replicas: Iterable[Replica], timeout: float = 20.0) -> Replica:
             return found[0]
         await asyncio.sleep(0.05)
     raise AssertionError(f"no single leader within {timeout} s: {[r.name for r in found]}")
+
+
+async def until(condition: Callable[[], Any], timeout: float, what: str) -> None:
+    """Poll `condition` (a readiness check, not a sleep) until it holds."""
+    deadline = time.monotonic() + timeout
+    while not await _value(condition()):
+        assert time.monotonic() < deadline, f"not within {timeout} s: {what}"
+        await asyncio.sleep(0.02)
+
+
+async def _value(value: Any) -> Any:
+    return await value if isinstance(value, Awaitable) else value
 
 
 async def start_all(replicas: Sequence[Replica]) -> None:

@@ -79,19 +79,32 @@ async def settled(
         await asyncio.sleep(0.1)
 
 
-async def accounted(url: str, answered: Iterable[str], leads: Iterable[int]) -> None:
+async def accounted(
+    url: str, answered: Iterable[str], leads: Iterable[int], timeout: float = 15.0
+) -> None:
     """Every event answered 2xx is stored and its transition settled: the newer delivered,
-    the older delivered, superseded or stale; nothing pending, in flight or dead."""
-    states = await ledgers(url, leads)
-    answered = set(answered)
-    missing = answered - states.keys()
-    assert not missing, f"answered 2xx but not stored: {sorted(missing)[:10]}"
-    wrong = {
-        event_id: state
-        for event_id, state in states.items()
-        if state not in (("delivered",) if event_id.endswith(NEWER) else SETTLED_OLDER)
-    }
-    assert not wrong, f"not settled as they should be: {dict(sorted(wrong.items())[:10])}"
+    the older delivered, superseded or stale; nothing pending, in flight or dead.
+
+    Waits up to `timeout` for the last settles (retried with backoff after an outage).
+    """
+    leads, answered = list(leads), set(answered)
+    deadline = time.monotonic() + timeout
+    while True:
+        states = await ledgers(url, leads)
+        missing = answered - states.keys()
+        assert not missing, f"answered 2xx but not stored: {sorted(missing)[:10]}"
+        wrong = {
+            event_id: state
+            for event_id, state in states.items()
+            if state not in (("delivered",) if event_id.endswith(NEWER) else SETTLED_OLDER)
+        }
+        if not wrong:
+            return
+        if time.monotonic() > deadline or "dead" in wrong.values():
+            raise AssertionError(
+                f"not settled as they should be: {dict(sorted(wrong.items())[:10])}"
+            )
+        await asyncio.sleep(0.2)
 
 
 SETTLED_OLDER = ("delivered", "superseded", "stale")

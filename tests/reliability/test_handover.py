@@ -19,14 +19,14 @@ import signal
 import sqlite3
 import time
 from collections.abc import Awaitable, Callable
-from pathlib import Path
-from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 
 from tests.conftest import PG_DSN, needs_postgres
 from tests.reliability.conftest import STRIPE_SECRET
-from tests.reliability.fleet import Fleet, Replica, leader, start_all
+from tests.reliability.dbfaults import backends, proxied, terminate
+from tests.reliability.fleet import Fleet, Replica, leader, start_all, until
 from tests.reliability.promises import Verdict, accounted, settled
 from tests.reliability.traffic import Stream, lead_events
 
@@ -38,41 +38,20 @@ MAX_IN_FLIGHT = 4
 LATENCY = 0.1  # each Voxys answer takes this long: requests are in flight when we strike
 POST_RATE = 30.0  # webhooks per second from the senders
 LEADS = range(1, 31)
+OUTAGE_S = 10.0
+POSTGRES_PORT = urlsplit(PG_DSN).port or 5432 if PG_DSN else 5432
 
 Fault = Callable[[Fleet, Stream, Replica, list[Replica]], Awaitable[None]]
-
-
-@pytest.fixture(
-    params=["sqlite", pytest.param("postgresql", marks=[pytest.mark.postgres, needs_postgres])]
-)
-def storage(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """The shared store's URL: a SQLite file, or a PostgreSQL schema of this test's own.
-
-    Ask for it before `fleet`: the schema is then dropped after the fleet has stopped
-    (a frozen replica's open transaction would otherwise block the DROP).
-    """
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'shared.db'}"
-    return f"{PG_DSN}?schema={request.getfixturevalue('pg_schema')}"
-
-
-async def until(condition: Callable[[], Any], timeout: float, what: str) -> None:
-    """Poll `condition` (a readiness check, not a sleep) until it holds."""
-    deadline = time.monotonic() + timeout
-    while not await _value(condition()):
-        assert time.monotonic() < deadline, f"not within {timeout} s: {what}"
-        await asyncio.sleep(0.02)
-
-
-async def _value(value: Any) -> Any:
-    return await value if isinstance(value, Awaitable) else value
 
 
 async def fault_mid_stream(
     fleet: Fleet, storage: str, replicas: int, fault: Fault, *, urls: list[str] | None = None
 ) -> tuple[Verdict, Stream]:
     """Start the fleet, stream events, strike once deliveries are flowing, then wait for
-    every lead to reach its newest state and check the promises."""
+    every lead to reach its newest state and check the promises.
+
+    `urls`: each replica's own storage URL (through a proxy, say) to the store at `storage`.
+    """
     sandbox = fleet.sandbox(latency=LATENCY)
     fleet_ = fleet.replicas(
         replicas,
@@ -201,3 +180,78 @@ async def test_a_deliverer_frozen_inside_a_transaction_is_replaced_within_a_few_
 ) -> None:
     storage = f"{PG_DSN}?schema={pg_schema}"
     await fault_mid_stream(fleet, storage, 2, sigstop(storage, inside_transaction=True))
+
+
+# --- PostgreSQL connections ---------------------------------------------------------------
+
+
+def drop_lease_connection(times: int) -> Fault:
+    """pg_terminate_backend of the deliverer's lease connection, `times` times in a row."""
+
+    async def fault(fleet: Fleet, stream: Stream, holder: Replica, replicas: list[Replica]) -> None:
+        assert PG_DSN is not None
+        pids: list[int] = []
+
+        async def found() -> bool:
+            pids[:] = await backends(PG_DSN, holder.pid, "voxys-bridge-lease")
+            return len(pids) == 1
+
+        for _ in range(times):
+            await until(found, 10, "the deliverer's lease connection")
+            assert await terminate(PG_DSN, pids) == 1
+            await asyncio.sleep(TTL / 3)  # about one renewal between two cuts
+
+    return fault
+
+
+@needs_postgres
+@pytest.mark.postgres
+async def test_killing_the_deliverers_lease_connection_never_makes_two_senders(
+    pg_schema: str, fleet: Fleet
+) -> None:
+    storage = f"{PG_DSN}?schema={pg_schema}"
+    await fault_mid_stream(fleet, storage, 2, drop_lease_connection(times=3))
+
+
+async def outage(fleet: Fleet, stream: Stream, holder: Replica, replicas: list[Replica]) -> None:
+    """Every connection to PostgreSQL closed and new ones refused for 10 s."""
+    (proxy,) = fleet.proxies
+    proxy.cut()
+    await asyncio.sleep(OUTAGE_S)  # the outage itself
+    proxy.restore()
+
+
+@needs_postgres
+@pytest.mark.postgres
+async def test_a_ten_second_database_outage_ends_with_one_sender_and_nothing_lost(
+    pg_schema: str, fleet: Fleet
+) -> None:
+    assert PG_DSN is not None
+    proxy = fleet.proxy(POSTGRES_PORT)
+    url = f"{proxied(PG_DSN, proxy.port)}?schema={pg_schema}"
+    await fault_mid_stream(fleet, f"{PG_DSN}?schema={pg_schema}", 2, outage, urls=[url, url])
+
+
+async def partition(fleet: Fleet, stream: Stream, holder: Replica, replicas: list[Replica]) -> None:
+    """The deliverer alone loses PostgreSQL (Voxys it still reaches) until a standby delivers."""
+    proxy = fleet.proxies[fleet.started.index(holder)]
+    proxy.cut()
+    cut_at = time.monotonic()
+    await leader([r for r in replicas if r is not holder], timeout=3 * TTL + 5)
+    sandbox = fleet.sandboxes[0]
+    await until(
+        lambda: sum(a.at > cut_at + TTL for a in sandbox.arrivals()) >= 5, 15, "the new holder"
+    )
+    proxy.restore()
+
+
+@needs_postgres
+@pytest.mark.postgres
+async def test_a_deliverer_cut_off_from_the_database_stops_before_its_successor_starts(
+    pg_schema: str, fleet: Fleet
+) -> None:
+    assert PG_DSN is not None
+    urls = [
+        f"{proxied(PG_DSN, fleet.proxy(POSTGRES_PORT).port)}?schema={pg_schema}" for _ in range(2)
+    ]
+    await fault_mid_stream(fleet, f"{PG_DSN}?schema={pg_schema}", 2, partition, urls=urls)
