@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from bridge.fakevoxys import max_in_window
 from bridge.store import open_store
@@ -25,13 +25,7 @@ class Verdict:
     arrivals: int
     max_in_window: int
     duplicates: int
-    final: dict[int, str]
-
-    def __str__(self) -> str:
-        return (
-            f"{self.arrivals} PATCHes, at most {self.max_in_window} in a window,"
-            f" {self.duplicates} duplicates"
-        )
+    final: dict[int, str] = field(repr=False)  # lead -> its last status Voxys accepted
 
 
 def verdict(arrivals: Sequence[Arrival], per_seconds: float) -> Verdict:
