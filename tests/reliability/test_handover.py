@@ -19,16 +19,18 @@ import signal
 import sqlite3
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
 
+from bridge.store.sqlite.wakeup import socket_path
 from tests.conftest import PG_DSN, needs_postgres
 from tests.reliability.conftest import STRIPE_SECRET
 from tests.reliability.dbfaults import backends, proxied, terminate
 from tests.reliability.fleet import Fleet, Replica, leader, start_all, until
 from tests.reliability.promises import Verdict, accounted, settled
-from tests.reliability.traffic import Stream, lead_events
+from tests.reliability.traffic import Stream, lead_events, time_to_voxys
 
 pytestmark = [pytest.mark.reliability, pytest.mark.slow, pytest.mark.timeout(120)]
 
@@ -180,6 +182,17 @@ async def test_a_frozen_deliverer_is_replaced_and_stays_quiet_when_it_thaws(
     storage: str, fleet: Fleet
 ) -> None:
     await fault_mid_stream(fleet, storage, 2, sigstop(storage, inside_transaction=False))
+    # ... and leaves its successor's wake-up channel alone: an event it receives now wakes
+    # the successor at once (without the channel, only the successor's own renewals,
+    # every ttl/3, would wake it).
+    thawed, successor = fleet.started
+    assert await successor.leads()
+    if storage.startswith("sqlite"):
+        wake = socket_path(Path(storage.removeprefix("sqlite:///")))
+        assert wake.is_socket(), f"the successor's {wake.name} was removed"
+    sandbox = fleet.sandboxes[0]
+    waits = [await time_to_voxys(sandbox, thawed, lead, STRIPE_SECRET) for lead in (91, 92, 93)]
+    assert max(waits) < TTL / 3, waits
 
 
 @needs_postgres

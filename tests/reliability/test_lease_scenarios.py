@@ -52,7 +52,7 @@ from tests.reliability.conftest import (
 )
 from tests.reliability.fleet import STATUS_RULE, Fleet, Replica, leader, start_all, until
 from tests.reliability.promises import accounted, settled
-from tests.reliability.traffic import Stream, lead_events, status_event
+from tests.reliability.traffic import Stream, lead_events, status_event, time_to_voxys
 
 pytestmark = [pytest.mark.reliability, pytest.mark.slow, pytest.mark.timeout(90)]
 
@@ -134,15 +134,7 @@ async def test_a_listen_connection_the_role_cannot_open_degrades_delivery_to_pol
     await start_all([standby])
     await until(lambda: deliverer.lines("delivery.wakeup_unavailable"), 10, "the outage logged")
 
-    async def delivered_within(lead: int) -> float:
-        event_id, body = status_event(lead, "won", int(time.time()))
-        stream = Stream([standby], STRIPE_SECRET, per_second=1000)
-        await stream.post_all([(event_id, body)])
-        posted = stream.answered[event_id]
-        await until(lambda: any(a.lead == lead for a in sandbox.arrivals()), 10, f"lead {lead}")
-        return next(a.at for a in sandbox.arrivals() if a.lead == lead) - posted
-
-    waits = [await delivered_within(lead) for lead in (1, 2, 3)]
+    waits = [await time_to_voxys(sandbox, standby, lead, STRIPE_SECRET) for lead in (1, 2, 3)]
     # Polled every second (DEGRADED_POLL_S), not every 30 s; nothing stopped, nothing failed.
     assert max(waits) < 1.8, waits
     status, text = await deliverer.get("/readyz")
@@ -152,7 +144,7 @@ async def test_a_listen_connection_the_role_cannot_open_degrades_delivery_to_pol
     # Once the role has room again, the channel comes back and wakes the deliverer at once.
     await admin(f"ALTER ROLE {role} CONNECTION LIMIT 3")
     await until(lambda: deliverer.lines("delivery.wakeup_restored"), 10, "the channel back")
-    waits = [await delivered_within(lead) for lead in (4, 5, 6)]
+    waits = [await time_to_voxys(sandbox, standby, lead, STRIPE_SECRET) for lead in (4, 5, 6)]
     assert max(waits) < 0.5, waits
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import aiohttp
 
-from tests.reliability.fleet import Replica
+from tests.reliability.fleet import Replica, Sandbox
 
 OLDER, NEWER = "won", "lost"  # each lead's two events, in occurred_at order
 
@@ -94,3 +94,17 @@ class Stream:
             self.refused += 1
             await asyncio.sleep(0.1)  # the sender's retry
         raise AssertionError(f"{event_id} was never answered 2xx")
+
+
+async def time_to_voxys(sandbox: Sandbox, replica: Replica, lead: int, secret: str) -> float:
+    """Post one event for a new `lead` to `replica`; seconds from its 2xx to its arrival
+    at Voxys (whoever delivers must have been woken, or have polled)."""
+    event_id, body = status_event(lead, OLDER, int(time.time()))
+    stream = Stream([replica], secret, per_second=1000)
+    await stream.post_all([(event_id, body)])
+    posted = stream.answered[event_id]
+    deadline = posted + 60
+    while not (arrived := [a.at for a in sandbox.arrivals() if a.lead == lead]):
+        assert time.monotonic() < deadline, f"lead {lead} never reached Voxys"
+        await asyncio.sleep(0.02)
+    return arrived[0] - posted
