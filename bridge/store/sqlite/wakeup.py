@@ -82,7 +82,7 @@ class UnixDatagram:
             callback()
 
         asyncio.get_running_loop().add_reader(sock.fileno(), readable)
-        return Bound(sock, self.path)
+        return Bound(sock, self.path, _identity(self.path))
 
     async def close(self) -> None:
         if self._send is not None:
@@ -93,17 +93,30 @@ class UnixDatagram:
 class Bound:
     """The deliverer's bound socket."""
 
-    def __init__(self, sock: socket.socket, path: Path) -> None:
+    def __init__(self, sock: socket.socket, path: Path, identity: tuple[int, int] | None) -> None:
         self.sock = sock
         self.path = path
+        self.identity = identity  # of the socket file bind() created
 
     async def close(self) -> None:
         if self.sock.fileno() < 0:
             return
         asyncio.get_running_loop().remove_reader(self.sock.fileno())
         self.sock.close()
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.path)
+        # Only our own socket file: a process that took the lease over while this one
+        # was frozen has bound a new one at the same path, and still listens there.
+        if _identity(self.path) == self.identity:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.path)
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    """Which file `path` names now (device, inode); None when there is none."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return (st.st_dev, st.st_ino)
 
 
 def socket_path(db: Path) -> Path:
