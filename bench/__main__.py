@@ -8,6 +8,7 @@ python -m bench scaling [--workers 1,2,4] [--postgres DSN]
 python -m bench reload [--rows 1000000] [--rate 200] [--runs 3] [--bridge-src DIR]
 python -m bench profile [--duration 12] [--against REV]   (needs py-spy; not in `all`)
 python -m bench console [--events 10000,100000] [--requests 300]
+python -m bench handover [--runs 3] [--ttl 6] [--idle 30] [--postgres DSN]
 python -m bench all
 """
 
@@ -25,6 +26,7 @@ SCENARIOS = (
     "reload",
     "profile",
     "console",
+    "handover",
 )
 # `all`: every scenario with its defaults; delivery's rate accuracy at both limits.
 ALL: tuple[tuple[str, list[str]], ...] = (
@@ -37,6 +39,7 @@ ALL: tuple[tuple[str, list[str]], ...] = (
     ("scaling", []),
     ("reload", []),
     ("console", []),
+    ("handover", []),
 )
 
 
