@@ -130,7 +130,7 @@ async def handover(
         await until(
             lambda: sum(a.http == 200 for a in sandbox.arrivals()) >= count, 120, "all delivered"
         )
-        return measure(sandbox.arrivals(), holder, successor, struck, args)
+        return measure(sandbox.arrivals(), holder, successor, struck)
     finally:
         fleet.close()
         if backend == "postgresql":
@@ -138,12 +138,14 @@ async def handover(
 
 
 def measure(
-    arrivals: list[Any], holder: Replica, successor: Replica, struck: float, ns: Any
+    arrivals: list[Any], holder: Replica, successor: Replica, struck: float
 ) -> dict[str, Any]:
     times = [a.at for a in arrivals]
     acquired = [monotonic_of(line) for line in successor.lines("delivery.lease_acquired")]
     out: dict[str, Any] = {
         "max_in_1s": max_in_window(times, 1.0),
+        # Windows wholly before the fault: one sender, the pacer and the instrument alone.
+        "max_in_1s_before": max_in_window([t for t in times if t < struck], 1.0),
         "duplicates": len(arrivals) - len({a.lead for a in arrivals}),  # one event per lead
         "holder_terms": len(holder.lines("delivery.lease_acquired")),
     }
@@ -155,7 +157,11 @@ def measure(
     took = acquired[0]
     before = [t for t in times if t < took]
     first = min(t for t in times if t >= took)
+    # Windows that hold a send of either side of the handover: the last second of the
+    # old holder and the first of the new.
+    around = [t for t in times if before[-1] - 1.0 < t < first + 1.0]
     out.update(
+        max_in_1s_around=max_in_window(around, 1.0),
         handover=True,
         gap_s=round(first - before[-1], 3),
         fault_to_acquired_s=round(took - struck, 3),
@@ -318,7 +324,11 @@ def print_handover(backend: str, fault: str, runs: list[dict[str, Any]], args: A
     kept = [r for r in runs if not r["handover"]]
     if kept:
         line += f"; kept: longest pause {summary(kept, 'longest_pause_s')} s"
-    line += f"; max in 1 s {max(r['max_in_1s'] for r in runs)} (limit {args.rate})"
+    line += f"; max in 1 s {max(r['max_in_1s'] for r in runs)} (limit {args.rate}"
+    line += f"; before the fault {max(r['max_in_1s_before'] for r in runs)}"
+    if handed:
+        line += f"; around the handover {max(r['max_in_1s_around'] for r in handed)}"
+    line += ")"
     line += f"; duplicates {max(r['duplicates'] for r in runs)}"
     print(line, flush=True)
 
