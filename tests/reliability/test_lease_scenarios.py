@@ -36,7 +36,6 @@ from bridge.delivery import Deliverer
 from bridge.fakevoxys import FakeVoxys
 from bridge.lease import take_free
 from bridge.models import Evaluation, Event, LeadStatus, Outcome, Transition
-from bridge.retry import AuthPause
 from bridge.runtime import Runtime
 from bridge.store import open_store
 from bridge.store.sqlite import SqliteStore
@@ -229,33 +228,33 @@ async def test_answers_that_cannot_be_recorded_for_seconds_are_recorded_later_an
 async def test_an_auth_probe_whose_answer_cannot_be_recorded_still_ends_the_pause(
     tmp_path: Path, rlb_env: dict[str, str]
 ) -> None:
-    """In process (the first probe comes 30 s after a 401 in production; 0.2 s here), on a
-    real SQLite file that another process locks while the probe is in flight."""
+    """In process (so that the probe's arrival is seen at once), on a real SQLite file
+    that another process locks while the probe is in flight."""
     fake = FakeVoxys(tokens=VOXYS_TOKEN)
     await fake.start()
     config = bridge_config(port=0, db=tmp_path / "x.db", voxys_url=fake.base_url, rate=RATE)
+    config["voxys"]["retry"]["auth_probe"] = {"initial": "200ms", "max": "400ms"}
     bundle = load_bundle(write_yaml(tmp_path / "bridge.yaml", config))
     db = tmp_path / "auth.db"
     store = SqliteStore(db)
     await store.open()
     client = VoxysClient(bundle.config.voxys)
     await client.start()
-    auth = AuthPause(probe_initial=0.2, probe_max=0.4, interval=0.2)
     runtime = Runtime(bundle=bundle, store=store)
-    deliverer = Deliverer(runtime, client, await take_free(SqliteLease(store)), auth=auth)
+    deliverer = Deliverer(runtime, client, await take_free(SqliteLease(store)))
+    pauses = deliverer.pauses
     task = asyncio.create_task(deliverer.run())
     try:
         fake.revoke(VOXYS_TOKEN)
         await store.ingest([queued(lead) for lead in range(1, 6)], time.time())
         deliverer.wake()
-        await until(lambda: auth.paused, 10, "the token paused")
+        await until(lambda: bool(pauses.paused), 10, "the token paused")
         fake.latency = 1.0  # the probe stays in flight while the lock is taken
         fake.restore(VOXYS_TOKEN)
         await until(lambda: any(c.token_valid for c in fake.calls), 10, "the probe sent")
         probe = next(c for c in fake.calls if c.token_valid)
         with capture_logs() as logs:
-            # Paused, nothing else writes: the probe's settle is the first write to fail.
-            async with sqlite_locked(db, 6.5):
+            async with sqlite_locked(db, HOLD_S):
                 assert probe.status is None  # its 200 comes back while nothing can be written
         assert any(e["event"] == "delivery.settle_failed" for e in logs), logs
 
@@ -264,7 +263,7 @@ async def test_an_auth_probe_whose_answer_cannot_be_recorded_still_ends_the_paus
             return stats.transitions["delivered"] == 5
 
         await until(all_delivered, 20, "every transition delivered once the pause ended")
-        assert not auth.paused
+        assert not pauses.paused
         assert {c.lead_id for c in fake.calls if c.status == 200} == set(range(1, 6))
     finally:
         await deliverer.stop(1.0)
