@@ -566,8 +566,10 @@ class Leader:
             if failing:
                 log.info("delivery.lease_renewed", epoch=term.epoch)
             failing = False
+            lapsed = not term.valid()
             term.renewed(sent_at)
-            deliverer.wake()  # it may have been holding back while the term was not valid
+            if lapsed:  # it has been holding back while the term was not valid
+                deliverer.wake()
 
     async def _listen(self, deliverer: Deliverer) -> None:
         """Keep the wake-up channel up; while it is down, the deliverer polls every second."""

@@ -21,7 +21,6 @@ import asyncio
 import email.utils
 import json
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
@@ -140,6 +139,44 @@ def _message(body: bytes) -> str | None:
     return text[:MAX_MESSAGE]
 
 
+class SendLog:
+    """When recent requests left, and whether one more fits in the window. Pure: the time
+    is passed in.
+
+    A request is stamped when it is committed (right before aiohttp writes it) and again
+    when its headers have actually been written: a loaded event loop can run other tasks
+    in between, and what Voxys counts is when requests arrive. The window check counts
+    every stamp still inside the window, by its latest time.
+    """
+
+    def __init__(self, requests: int, window: float) -> None:
+        self.requests = requests
+        self.window = window
+        self._stamps: list[list[float]] = []  # one mutable [time] per request
+
+    def wait(self, now: float) -> float:
+        """Seconds until one more request fits in the window (0 when it fits now)."""
+        self._stamps = [s for s in self._stamps if s[0] > now - self.window]
+        if len(self._stamps) < self.requests:
+            return 0.0
+        times = sorted(s[0] for s in self._stamps)
+        return max(0.0, times[len(times) - self.requests] + self.window - now)
+
+    def sent(self, now: float) -> list[float]:
+        """Record a request leaving now; the stamp to move with `written` later."""
+        stamp = [now]
+        self._stamps.append(stamp)
+        return stamp
+
+    @staticmethod
+    def written(stamp: list[float], now: float) -> None:
+        """The request's headers were written at `now`."""
+        stamp[0] = max(stamp[0], now)
+
+    def last(self) -> float | None:
+        return max((s[0] for s in self._stamps), default=None)
+
+
 class Pacer:
     """At most `requests` sends in any window of `per_seconds`, adapting to 429s (AIMD).
 
@@ -157,7 +194,8 @@ class Pacer:
         self.fraction = 1.0
         self.waited_s = 0.0
         self._limiter: AsyncLimiter | None = None
-        self._sent: deque[float] = deque(maxlen=rate.requests if rate else 1)
+        window = (rate.per_seconds * PACE_MARGIN + ARRIVAL_JITTER_S) if rate else 0.0
+        self._sent = SendLog(rate.requests if rate else 1, window)
         self._not_before = 0.0  # monotonic time before which nothing is sent
         self._last_increase = 0.0
         if rate is not None:
@@ -186,7 +224,7 @@ class Pacer:
             await asyncio.sleep(delay)
         self.waited_s += self.clock() - start
 
-    async def commit(self, fence: Fence | None = None) -> None:
+    async def commit(self, fence: Fence | None = None) -> list[float] | None:
         """Stage two, with a connection in hand, right before the request is written: the
         hard guarantee. Waits while the window is full, then asks `fence` (raising
         NotSent when it says no: the delivery lease ran out meanwhile), then logs the send.
@@ -202,17 +240,21 @@ class Pacer:
         if fence is not None and not fence():
             raise NotSent
         if self.configured is None:
-            return
+            return None
         now = self.clock()
-        self._sent.append(now)
         self.waited_s += now - start
+        return self._sent.sent(now)
+
+    def written(self, stamp: list[float] | None) -> None:
+        """The request stamped by `commit` has had its headers written: re-stamp it."""
+        if stamp is not None:
+            self._sent.written(stamp, self.clock())
 
     def _window_wait(self) -> float:
         """Seconds until one more send fits in the window (0 when it fits now)."""
-        if self.configured is None or len(self._sent) < (self._sent.maxlen or 0):
+        if self.configured is None:
             return 0.0
-        window = self.configured.per_seconds * PACE_MARGIN + ARRIVAL_JITTER_S
-        return max(0.0, self._sent[0] + window - self.clock())
+        return self._sent.wait(self.clock())
 
     def quiet_window(self) -> None:
         """Send nothing for one full window: whoever sent before us (a process that just
@@ -247,8 +289,17 @@ class Pacer:
         # A fresh limiter starts empty; keep the spacing from the last send.
         self._limiter = AsyncLimiter(BURST, BURST * self.interval)
         self._last_increase = self.clock()
-        if self._sent:
-            self.pause_until(self._sent[-1] + self.interval)
+        last = self._sent.last()
+        if last is not None:
+            self.pause_until(last + self.interval)
+
+
+@dataclass(slots=True)
+class _Send:
+    """One request's state as the client's trace hooks see it."""
+
+    fence: Fence | None
+    stamp: list[float] | None = None
 
 
 class VoxysClient:
@@ -269,6 +320,7 @@ class VoxysClient:
         trace = aiohttp.TraceConfig()
         trace.on_connection_reuseconn.append(self._commit)
         trace.on_connection_create_end.append(self._commit)
+        trace.on_request_headers_sent.append(self._written)
         self._session = aiohttp.ClientSession(
             connector=connector,
             timeout=self._timeout,
@@ -277,7 +329,12 @@ class VoxysClient:
         )
 
     async def _commit(self, _session: object, context: Any, _params: object) -> None:
-        await self.pacer.commit(context.trace_request_ctx)
+        send: _Send = context.trace_request_ctx
+        send.stamp = await self.pacer.commit(send.fence)
+
+    async def _written(self, _session: object, context: Any, _params: object) -> None:
+        send: _Send = context.trace_request_ctx
+        self.pacer.written(send.stamp)
 
     async def close(self) -> None:
         if self._session is not None:
@@ -311,7 +368,7 @@ class VoxysClient:
         started = time.monotonic()
         try:
             async with self._session.patch(
-                url, data=json.dumps(body), headers=headers, trace_request_ctx=fence
+                url, data=json.dumps(body), headers=headers, trace_request_ctx=_Send(fence)
             ) as resp:
                 raw = await resp.read()
                 latency = time.monotonic() - started

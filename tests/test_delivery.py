@@ -30,6 +30,7 @@ from bridge.voxys import (
     PACE_MARGIN,
     Pacer,
     Reply,
+    SendLog,
     Verdict,
     VoxysClient,
     classify,
@@ -540,3 +541,35 @@ async def test_an_answer_the_store_cannot_record_yet_is_recorded_once_it_can(
         await h.until_states({"delivered": 1})
     assert any(e["event"] == "delivery.settle_recovered" for e in logs)
     assert len(h.fake.calls) == 1
+
+
+# --- the send log: the rate window's arithmetic (pure) -------------------------------------
+
+
+def test_the_send_log_lets_a_request_through_only_once_the_oldest_in_the_window_left() -> None:
+    log = SendLog(requests=3, window=1.0)
+    for t in (0.0, 0.2, 0.4):
+        assert log.wait(t) == 0.0
+        log.sent(t)
+    assert log.wait(0.5) == pytest.approx(0.5)  # until 0.0 + 1.0
+    assert log.wait(1.0) == 0.0
+
+
+def test_a_request_written_late_counts_from_when_it_was_written() -> None:
+    # Given a request stamped at commit, whose headers the loaded loop wrote 0.3 s later,
+    log = SendLog(requests=2, window=1.0)
+    first = log.sent(0.0)
+    log.sent(0.1)
+    SendLog.written(first, 0.3)
+    # then the window is full until the earlier of the two real departures leaves,
+    assert log.wait(1.05) == pytest.approx(0.05)  # 0.1 + 1.0 - 1.05
+    log.sent(1.1)
+    # and the late one holds the next request back by its written time, not its stamp.
+    assert log.wait(1.2) == pytest.approx(0.1)  # 0.3 + 1.0 - 1.2
+
+
+def test_a_stamp_never_moves_back() -> None:
+    log = SendLog(requests=1, window=1.0)
+    stamp = log.sent(5.0)
+    SendLog.written(stamp, 4.0)
+    assert log.last() == 5.0
