@@ -1,8 +1,8 @@
-"""Operating the bridge: dead letters, replay, a lead's ledger and stats, over HTTP.
+"""Operating the bridge: dead letters, replay, a lead's ledger, follow-ups and stats, over HTTP.
 
 The operations are plain async functions over a Store (and a rules evaluator); the
-`/admin` routes here and the `dead-letters | replay | explain | stats` commands
-(`admin_cli.py`) are thin edges over them. The routes exist only when `admin.token`
+`/admin` routes here and the `dead-letters | replay | explain | followups | stats`
+commands (`admin_cli.py`) are thin edges over them. The routes exist only when `admin.token`
 is set, and every request must carry it as `Authorization: Bearer <token>`.
 """
 
@@ -19,11 +19,11 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, model_validator
 
-from bridge import validation
+from bridge import followups, validation
 from bridge.errors import BadRequest, RequestRejected, StorageError
 from bridge.models import Evaluation, Event, Outcome
 from bridge.runtime import RUNTIME, Runtime
-from bridge.store.base import LedgerEntry, Store, StoredEvent
+from bridge.store.base import FollowUpEntry, FollowUpState, LedgerEntry, Store, StoredEvent
 
 log = structlog.get_logger("bridge.admin")
 
@@ -103,6 +103,30 @@ def describe(exc: ValidationError) -> str:
     return "; ".join(parts)
 
 
+class CancelRequest(_Body):
+    """`{"ids": [...]}` cancels those follow-ups; `{"account_id": A, "lead_id": L}` every
+    scheduled one of the lead."""
+
+    ids: list[StrictInt] | None = Field(default=None, min_length=1)
+    account_id: StrictInt | None = None
+    lead_id: StrictInt | None = None
+
+    @model_validator(mode="after")
+    def _one_selection(self) -> CancelRequest:
+        lead = self.account_id is not None or self.lead_id is not None
+        if self.ids is not None and lead:
+            raise ValueError("give either ids or account_id and lead_id, not both")
+        if self.ids is None and (self.account_id is None or self.lead_id is None):
+            raise ValueError("give ids, or both account_id and lead_id")
+        return self
+
+    @property
+    def lead(self) -> tuple[int, int] | None:
+        if self.account_id is None or self.lead_id is None:
+            return None
+        return self.account_id, self.lead_id
+
+
 # --- operations -----------------------------------------------------------------------
 
 
@@ -114,6 +138,7 @@ class ReplayResult:
     transitions: int = 0
     skipped_matched: int = 0  # already matched: replaying would queue their transitions twice
     truncated: bool = False  # REPLAY_LIMIT events were chosen; run again for the rest
+    followups: dict[str, int] = field(default_factory=lambda: {"scheduled": 0, "cancelled": 0})
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -122,6 +147,24 @@ class ReplayResult:
             "transitions": self.transitions,
             "skipped_matched": self.skipped_matched,
             "truncated": self.truncated,
+            "followups": self.followups,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class CancelResult:
+    """What one cancel did: the follow-ups cancelled, and the asked-for ones it could not."""
+
+    cancelled: list[FollowUpEntry]
+    not_cancelled: list[FollowUpEntry]  # fired or cancelled already
+    unknown: list[int]  # ids of no follow-up
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "ok": not (self.not_cancelled or self.unknown),
+            "cancelled": [followup_json(e) for e in self.cancelled],
+            "not_cancelled": [followup_json(e) for e in self.not_cancelled],
+            "unknown": self.unknown,
         }
 
 
@@ -146,15 +189,22 @@ async def replay(
         limit=REPLAY_LIMIT,
     )
     outcomes = dict.fromkeys(map(str, Outcome), 0)
+    changed = {"scheduled": 0, "cancelled": 0}
     skipped = queued = 0
     for stored in chosen:
         if stored.outcome is Outcome.MATCHED:
             skipped += 1
             continue
         evaluation = rules.evaluate(stored.event)
-        queued += await store.apply_replay(stored.pk, evaluation, now)
+        replayed = await store.apply_replay(stored.pk, evaluation, now)
+        queued += replayed.transitions
+        changed["scheduled"] += len(replayed.followups.scheduled)
+        changed["cancelled"] += len(replayed.followups.cancelled)
+        for name, fields in followups.log_lines(replayed.followups, now):
+            log.info(name, **fields)
         outcomes[str(evaluation.outcome)] += 1
-    return ReplayResult(outcomes, queued, skipped, truncated=len(chosen) >= REPLAY_LIMIT)
+    truncated = len(chosen) >= REPLAY_LIMIT
+    return ReplayResult(outcomes, queued, skipped, truncated, changed)
 
 
 async def list_events(store: Store, query: EventQuery) -> list[StoredEvent]:
@@ -172,14 +222,50 @@ async def explain(store: Store, account_id: int, lead_id: int) -> list[LedgerEnt
     return await store.ledger(account_id, lead_id)
 
 
+async def list_followups(
+    store: Store,
+    *,
+    lead: tuple[int, int] | None = None,
+    state: FollowUpState | None = FollowUpState.SCHEDULED,
+    limit: int = 1000,
+) -> list[FollowUpEntry]:
+    """Follow-ups of one lead or of every lead, in one state or all (None); earliest due
+    first."""
+    return await store.followups(lead=lead, state=state, limit=limit)
+
+
+async def cancel_followups(
+    store: Store,
+    now: float,
+    *,
+    ids: Sequence[int] | None = None,
+    lead: tuple[int, int] | None = None,
+) -> CancelResult:
+    """Cancel scheduled follow-ups by id or every one of a lead; safe beside a firing."""
+    cancelled = await store.cancel_followups(now, ids=ids, lead=lead, cause=followups.OPERATOR)
+    for entry in cancelled:
+        log.info("followup.cancelled", cause=entry.cause, **followups.fields(entry))
+    if ids is None:
+        return CancelResult(cancelled, [], [])
+    done = {e.id for e in cancelled}
+    rest = [i for i in dict.fromkeys(ids) if i not in done]
+    found = await store.followups(ids=rest) if rest else []
+    unknown = sorted(set(rest) - {e.id for e in found})
+    return CancelResult(cancelled, found, unknown)
+
+
 async def stats(store: Store, now: float) -> dict[str, Any]:
-    """Counts per transition state and event outcome, retrying, oldest pending age."""
+    """Counts per transition state, event outcome and follow-up state, retrying, oldest
+    pending age, the next follow-up due."""
     s = await store.stats(now)
     return {
         "transitions": s.transitions,
         "events": s.events,
         "retrying": s.retrying,
         "oldest_pending_age_s": s.oldest_pending_age_s,
+        "followups": s.followups,
+        "next_followup_at": s.next_followup_at,
+        "next_followup_iso": iso(s.next_followup_at),
         "store": s.extra,
     }
 
@@ -231,6 +317,15 @@ def dead_letter_json(entry: LedgerEntry) -> dict[str, Any]:
 def ledger_json(entry: LedgerEntry) -> dict[str, Any]:
     body = entry.as_json()
     for key in ("occurred_at", "created_at", "first_attempt_at", "last_attempt_at"):
+        body[key.removesuffix("_at") + "_iso"] = iso(body[key])
+    if entry.follow_up is not None:
+        body["follow_up"] = followup_json(entry.follow_up)
+    return body
+
+
+def followup_json(entry: FollowUpEntry) -> dict[str, Any]:
+    body = entry.as_json()
+    for key in ("occurred_at", "due_at", "created_at", "settled_at"):
         body[key.removesuffix("_at") + "_iso"] = iso(body[key])
     return body
 
@@ -329,6 +424,29 @@ async def handle_lead(request: web.Request) -> web.Response:
     return web.json_response([ledger_json(e) for e in entries])
 
 
+async def handle_followups(request: web.Request) -> web.Response:
+    query = request.query
+    state_text = query.get("state", "scheduled")
+    if state_text not in (*map(str, FollowUpState), "all"):
+        raise BadRequest("state must be scheduled, fired, cancelled or all")
+    lead = None
+    if "account_id" in query or "lead_id" in query:
+        try:
+            lead = int(query["account_id"]), int(query["lead_id"])
+        except (KeyError, ValueError):
+            raise BadRequest("account_id and lead_id must both be integers") from None
+    state = None if state_text == "all" else FollowUpState(state_text)
+    entries = await list_followups(request.config_dict[RUNTIME].store, lead=lead, state=state)
+    return web.json_response([followup_json(e) for e in entries])
+
+
+async def handle_cancel(request: web.Request) -> web.Response:
+    runtime = request.config_dict[RUNTIME]
+    body = await _body(request, CancelRequest)
+    result = await cancel_followups(runtime.store, runtime.clock(), ids=body.ids, lead=body.lead)
+    return web.json_response(result.as_json())
+
+
 async def handle_stats(request: web.Request) -> web.Response:
     runtime = request.config_dict[RUNTIME]
     body = await stats(runtime.store, runtime.clock())
@@ -349,6 +467,8 @@ def admin_app() -> web.Application:
     app.router.add_get("/events", handle_events)
     app.router.add_post("/events/replay", handle_replay)
     app.router.add_get("/leads/{account_id}/{lead_id}", handle_lead)
+    app.router.add_get("/followups", handle_followups)
+    app.router.add_post("/followups/cancel", handle_cancel)
     app.router.add_get("/stats", handle_stats)
     return app
 

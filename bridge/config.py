@@ -192,6 +192,25 @@ class LookupFile(Model):
     file: str
 
 
+class FollowUpConfig(Model):
+    """A rule's `follow_up`: a transition scheduled for later (bridge/followups.py).
+
+    `after` is a duration counted from the event's occurred_at (`7d`, `36h`, seconds), or
+    a template rendering an ISO 8601 time or epoch seconds; `rules.py` compiles it.
+    """
+
+    after: str | int | float
+    status: str
+    notes: str | None = None
+
+    @field_validator("after", mode="before")
+    @classmethod
+    def _not_a_bool(cls, v: Any) -> Any:
+        if isinstance(v, bool):  # YAML's yes/true would otherwise be 1 second
+            raise ValueError("a duration is a number of seconds or a string like '7d'")
+        return v
+
+
 class RuleConfig(Model):
     """One rule as written in YAML; `rules.py` compiles it."""
 
@@ -204,6 +223,7 @@ class RuleConfig(Model):
     notes: str | None = None
     continue_: bool = Field(False, alias="continue")
     description: str | None = None
+    follow_up: FollowUpConfig | None = None
 
 
 class LocatedRule(BaseModel):

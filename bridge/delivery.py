@@ -17,6 +17,11 @@ Settles are not lost. Recording an answer is retried with backoff until the stor
 takes it, or until the store says the term is over (then the new holder recovers the
 claim and sends it again: a repeat is allowed, a claim stuck in flight is not).
 
+Follow-ups (bridge/followups.py). Scheduled follow-ups wait in the store, not here: each
+claim reports the earliest due time among them, and the worker sleeps until then (or a
+wake-up). When one is due, `fire_followups` turns it into an ordinary pending transition
+under the term's epoch, so a process that lost the lease can never fire one.
+
 Auth pauses (bridge/pauses.py). A 401/403 means the token is refused for that account:
 no attempt is used up, the transition goes back to the queue, the account is left out
 of claims and probed with one request every 30 s, backing off to 5 min, until Voxys
@@ -36,6 +41,7 @@ from typing import Final
 import structlog
 from aiohttp import web
 
+from bridge import followups
 from bridge.config import RetryConfig
 from bridge.errors import LeaseLost, StorageError
 from bridge.lease import Term, Timing, holder_name
@@ -52,6 +58,7 @@ IDLE_POLL_S: Final = 30.0  # safety net: look for due work at least this often
 DEGRADED_POLL_S: Final = 1.0  # ... and this often while the wake-up channel is down
 RELISTEN_S: Final = 5.0  # how often a broken wake-up channel is set up again
 SETTLE_BACKOFF_S: Final = (0.05, 5.0)  # first and largest wait between settle attempts
+FIRE_BATCH: Final = 500  # follow-ups fired per transaction; more due fire in the next step
 
 
 class Deliverer:
@@ -80,6 +87,8 @@ class Deliverer:
         self.pauses = pauses
         self.degraded = False  # the wake-up channel is down: poll often
         self.fenced = asyncio.Event()  # the store refused this term's epoch
+        # The earliest scheduled follow-up as the store last said (0: look at once).
+        self.followups_at: float | None = 0.0
         self._wake = asyncio.Event()
         self._stopping = False
         self._tasks: set[asyncio.Task[None]] = set()
@@ -132,6 +141,16 @@ class Deliverer:
             await self._sleep(max(0.05, min(1.0, self.term.timing.renew_every / 4)))
             return
         now = self.clock()
+        if self._followups_due(now):
+            try:
+                await self._fire(now)
+            except StorageError as exc:
+                log.error("delivery.store_failed", error=str(exc))
+                await self._sleep(STORE_RETRY_S)
+                return
+            except LeaseLost:
+                self.fenced.set()
+                return
         room = voxys.max_in_flight - len(self._tasks)
         if room <= 0 or (self._tasks and room < voxys.max_in_flight // 2):
             # Claim in batches: one claim (a store write) per free slot would cost a
@@ -159,6 +178,7 @@ class Deliverer:
                     self._start(t, probe=False)
                 claimed += len(claim.claimed)
                 next_due_at = claim.next_due_at
+                self.followups_at = claim.followup_due_at
         except StorageError as exc:
             log.error("delivery.store_failed", error=str(exc))
             await self._sleep(STORE_RETRY_S)
@@ -166,9 +186,9 @@ class Deliverer:
         except LeaseLost:
             self.fenced.set()
             return
-        if not claimed and not self._news:  # news: stored while we claimed
+        if not claimed and not self._news and not self._followups_due(self.clock()):
             until = self._poll()
-            for at in (next_due_at, self.pauses.next_probe_at()):
+            for at in (next_due_at, self.followups_at, self.pauses.next_probe_at()):
                 if at is not None:
                     until = min(until, max(0.01, at - self.clock()))
             self._idle = True
@@ -176,6 +196,23 @@ class Deliverer:
                 await self._sleep(until)
             finally:
                 self._idle = False
+
+    def _followups_due(self, now: float) -> bool:
+        return self.followups_at is not None and self.followups_at <= now
+
+    async def _fire(self, now: float) -> None:
+        """Turn due follow-ups into pending transitions (claimed right after, like any)."""
+        firing = await self.runtime.store.fire_followups(now, FIRE_BATCH, epoch=self.term.epoch)
+        self.followups_at = firing.next_due_at
+        for entry in firing.fired:
+            log.info(
+                "followup.fired",
+                transition_id=entry.transition_id,
+                late_s=round(max(0.0, now - entry.due_at), 3),
+                **followups.fields(entry),
+            )
+        for entry in firing.cancelled:
+            log.info("followup.cancelled", cause=entry.cause, **followups.fields(entry))
 
     async def _probe(self, now: float, room: int) -> int:
         """Send one probe for each paused account whose probe is due; how many went out.
@@ -440,7 +477,7 @@ class Deliverer:
 
 
 def _fields(t: QueuedTransition) -> dict[str, object]:
-    return {
+    fields: dict[str, object] = {
         "source": t.source,
         "rule": t.rule,
         "event_id": t.event_id,
@@ -449,6 +486,9 @@ def _fields(t: QueuedTransition) -> dict[str, object]:
         "status": str(t.status),
         "transition_id": t.id,
     }
+    if t.origin != "event":
+        fields["origin"] = t.origin
+    return fields
 
 
 class Leader:

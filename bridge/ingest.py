@@ -11,6 +11,7 @@ import time
 import structlog
 from aiohttp import web
 
+from bridge import followups
 from bridge.errors import NotFound, PayloadTooLarge, RequestRejected, StorageError
 from bridge.models import Outcome
 from bridge.runtime import RUNTIME, Runtime
@@ -102,6 +103,8 @@ async def handle_webhook(request: web.Request) -> web.StreamResponse:
                 rule=problem.rule,
                 reason=problem.reason,
             )
+    for name, fields in followups.log_lines(result.followups, now):
+        log.info(name, **fields)
     for callback in runtime.on_stored:
         callback(result.transitions)
     log.info(

@@ -45,6 +45,16 @@ class Event:
 
 
 @dataclass(frozen=True, slots=True)
+class FollowUp:
+    """A second transition a rule schedules for later: sent at `due_at` (POSIX seconds)
+    unless a newer transition for the lead is stored first (bridge/followups.py)."""
+
+    status: LeadStatus
+    notes: str | None
+    due_at: float
+
+
+@dataclass(frozen=True, slots=True)
 class Transition:
     """A lead-status change a rule asks for: what one PATCH would carry."""
 
@@ -53,6 +63,7 @@ class Transition:
     lead_id: int
     status: LeadStatus
     notes: str | None = None
+    follow_up: FollowUp | None = None
 
 
 @dataclass(frozen=True, slots=True)

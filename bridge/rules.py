@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -17,9 +17,18 @@ from jinja2 import ChainableUndefined, Template, TemplateSyntaxError, meta, node
 from jinja2.parser import Parser
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from bridge.config import LoadedConfig, RuleConfig
+from bridge import followups
+from bridge.config import FollowUpConfig, LoadedConfig, RuleConfig, parse_duration
 from bridge.errors import ConfigError, ConfigErrors
-from bridge.models import Evaluation, Event, LeadStatus, Outcome, Transition, Unmapped
+from bridge.models import (
+    Evaluation,
+    Event,
+    FollowUp,
+    LeadStatus,
+    Outcome,
+    Transition,
+    Unmapped,
+)
 from bridge.rule_paths import (
     MISSING,
     Path,
@@ -155,6 +164,15 @@ class _Condition:
 
 
 @dataclass(frozen=True, slots=True)
+class CompiledFollowUp:
+    """A rule's follow-up: `after` is seconds after the event, or a template of a time."""
+
+    after: float | _Value
+    status: _Value
+    notes: _Value | None
+
+
+@dataclass(frozen=True, slots=True)
 class CompiledRule:
     """A rule ready to run against events."""
 
@@ -168,6 +186,7 @@ class CompiledRule:
     status: _Value
     notes: _Value | None
     description: str | None = None
+    follow_up: CompiledFollowUp | None = None
 
 
 def _shortcut(
@@ -322,7 +341,7 @@ class _Compiler:
         text = str(raw)
         if key in ("lead_id", "account_id") and _parse_id(text) is None:
             self.error(f"{text!r} is not a positive integer", key)
-        if key == "status" and text not in _STATUSES:
+        if key.rpartition(".")[2] == "status" and text not in _STATUSES:
             self.error(f"{text!r} is not one of {', '.join(sorted(_STATUSES))}", key)
         return _Value(text, None)
 
@@ -346,6 +365,7 @@ class _Compiler:
         lead = self.value(rule.lead_id, "lead_id")
         status = self.value(rule.status, "status")
         notes = None if rule.notes is None else self.value(rule.notes, "notes")
+        follow_up = None if rule.follow_up is None else self.follow_up(rule.follow_up)
         if len(self.errors) > before or lead is None or status is None:
             return None
         return CompiledRule(
@@ -359,7 +379,24 @@ class _Compiler:
             status=status,
             notes=notes,
             description=rule.description,
+            follow_up=follow_up,
         )
+
+    def follow_up(self, config: FollowUpConfig) -> CompiledFollowUp | None:
+        after: float | _Value | None = None
+        raw = config.after
+        if isinstance(raw, str) and _is_template(raw):
+            after = self.template(raw, "follow_up.after")
+        else:
+            try:
+                after = parse_duration(raw)
+            except ValueError as exc:
+                self.error(f"{exc}, or a template rendering a time", "follow_up.after")
+        status = self.value(config.status, "follow_up.status")
+        notes = None if config.notes is None else self.value(config.notes, "follow_up.notes")
+        if after is None or status is None:
+            return None
+        return CompiledFollowUp(after, status, notes)
 
 
 def compile_rules(loaded: LoadedConfig, source_keys: Iterable[str]) -> RuleSet:
@@ -422,7 +459,16 @@ class RuleSet:
             try:
                 if not _holds(rule, ctx):
                     continue
-                transitions.append(self._transition(rule, ctx))
+                transition = self._transition(rule, ctx)
+                if rule.follow_up is not None:
+                    # A follow-up that cannot be made is unmapped on its own: the rule's
+                    # transition still goes.
+                    try:
+                        follow_up = _follow_up(rule.follow_up, ctx, event.occurred_at)
+                        transition = replace(transition, follow_up=follow_up)
+                    except _Unmappable as exc:
+                        unmapped.append(Unmapped(rule.name, str(exc)))
+                transitions.append(transition)
                 matched.append(rule.name)
             except _Unmappable as exc:
                 unmapped.append(Unmapped(rule.name, str(exc)))
@@ -458,6 +504,27 @@ class RuleSet:
             notes = _render(rule.notes, ctx, "notes", MAX_NOTES, truncate=True)
             notes = notes.strip()[:MAX_NOTES] or None
         return Transition(rule.name, account_id, lead_id, LeadStatus(status), notes)
+
+
+def _follow_up(config: CompiledFollowUp, ctx: Mapping[str, Any], occurred_at: float) -> FollowUp:
+    if isinstance(config.after, float):
+        due_at = followups.due_after(occurred_at, config.after)
+    else:
+        text = _render(config.after, ctx, "follow_up.after")
+        try:
+            due_at = followups.due_at(occurred_at, followups.parse_time(text))
+        except (ValueError, OverflowError, OSError) as exc:
+            raise _Unmappable(f"follow_up.after rendered {_quote(text.strip())}: {exc}") from exc
+    status = _render(config.status, ctx, "follow_up.status").strip()
+    if status not in _STATUSES:
+        raise _Unmappable(
+            f"follow_up.status rendered {_quote(status)}, not one of open, won, lost, snoozed"
+        )
+    notes = None
+    if config.notes is not None:
+        notes = _render(config.notes, ctx, "follow_up.notes", MAX_NOTES, truncate=True)
+        notes = notes.strip()[:MAX_NOTES] or None
+    return FollowUp(LeadStatus(status), notes, due_at)
 
 
 def _holds(rule: CompiledRule, ctx: Mapping[str, Any]) -> bool:

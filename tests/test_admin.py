@@ -279,6 +279,7 @@ async def test_replay_after_fixing_a_rule_queues_the_unmapped_event_and_wakes_de
         "transitions": 1,
         "skipped_matched": 0,
         "truncated": False,
+        "followups": {"scheduled": 0, "cancelled": 0},
     }
     assert woken == [1]
     [entry] = await runtime.store.ledger(7, 42)

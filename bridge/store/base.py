@@ -18,6 +18,13 @@ Transition states:
     dead        gave up; visible in dead letters with `reason`/`http_status`
     superseded  a newer transition for the same lead was sent instead (coalescing)
     stale       older than the last transition delivered for its lead; never sent
+
+Follow-ups (bridge/followups.py) are kept apart from transitions until they fire:
+    scheduled   waiting for `due_at`; found by an index on it, nothing held in memory
+    fired       became a transition of origin `followup` (occurred_at = due_at), once
+    cancelled   a newer transition for the lead was stored first, or an operator said so
+A transition is unique per (event, rule, origin): the event's own (`event`) and the one
+its follow-up fired (`followup`), so neither a replay nor a second firing queues twice.
 """
 
 from __future__ import annotations
@@ -30,6 +37,12 @@ from typing import Any, Protocol
 from bridge.models import Evaluation, Event, LeadStatus, Outcome
 
 
+class FollowUpState(StrEnum):
+    SCHEDULED = "scheduled"
+    FIRED = "fired"
+    CANCELLED = "cancelled"
+
+
 class TransitionState(StrEnum):
     PENDING = "pending"
     IN_FLIGHT = "in_flight"
@@ -40,12 +53,78 @@ class TransitionState(StrEnum):
 
 
 @dataclass(frozen=True, slots=True)
+class FollowUpEntry:
+    """One follow-up with its event, rule, due time and what became of it."""
+
+    id: int
+    source: str
+    event_id: str
+    rule: str
+    account_id: int
+    lead_id: int
+    status: LeadStatus
+    notes: str | None
+    occurred_at: float  # of the event that scheduled it
+    due_at: float
+    created_at: float
+    state: FollowUpState
+    settled_at: float | None = None  # when it fired or was cancelled
+    transition_id: int | None = None  # the transition it fired
+    cause: str | None = None  # why it was cancelled
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "source": self.source,
+            "event_id": self.event_id,
+            "rule": self.rule,
+            "account_id": self.account_id,
+            "lead_id": self.lead_id,
+            "status": str(self.status),
+            "notes": self.notes,
+            "occurred_at": self.occurred_at,
+            "due_at": self.due_at,
+            "created_at": self.created_at,
+            "state": str(self.state),
+            "settled_at": self.settled_at,
+            "transition_id": self.transition_id,
+            "cause": self.cause,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class FollowUpChanges:
+    """Follow-ups scheduled and cancelled by one write (cancelled as scheduled included)."""
+
+    scheduled: tuple[FollowUpEntry, ...] = ()
+    cancelled: tuple[FollowUpEntry, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class IngestResult:
     """What one `ingest` call committed."""
 
     stored: int  # new events
     duplicates: int  # events whose (source, event_id) was already stored
     transitions: int  # new transitions queued for delivery
+    followups: FollowUpChanges = FollowUpChanges()
+
+
+@dataclass(frozen=True, slots=True)
+class Replayed:
+    """What one `apply_replay` queued."""
+
+    transitions: int
+    followups: FollowUpChanges = FollowUpChanges()
+
+
+@dataclass(frozen=True, slots=True)
+class Firing:
+    """The result of one `fire_followups`."""
+
+    fired: list[FollowUpEntry]  # now transitions (`transition_id`), pending and due
+    cancelled: list[FollowUpEntry]  # cancelled by those firing
+    next_due_at: float | None  # earliest due_at still scheduled (may be past: more to fire)
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +144,7 @@ class QueuedTransition:
     attempts: int  # attempts that counted against retry.max_attempts
     not_found_attempts: int  # attempts answered 404
     next_attempt_at: float | None = None  # when it is due (None once settled)
+    origin: str = "event"  # "followup": fired by a follow-up of (event, rule)
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +155,7 @@ class Claim:
     superseded: list[QueuedTransition]  # coalesced away by a newer pending transition
     stale: list[QueuedTransition]  # older than the lead's last delivered transition
     next_due_at: float | None  # earliest future next_attempt_at of anything pending
+    followup_due_at: float | None = None  # earliest due_at of a scheduled follow-up (or past)
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +180,8 @@ class LedgerEntry:
     http_status: int | None
     reason: str | None
     event_pk: int  # the stored event's id, as `events list` shows it and `replay --id` takes
+    origin: str = "event"  # "followup": fired by the follow-up below
+    follow_up: FollowUpEntry | None = None  # the follow-up of this (event, rule), if any
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -120,6 +203,8 @@ class LedgerEntry:
             "next_attempt_at": self.next_attempt_at,
             "http_status": self.http_status,
             "reason": self.reason,
+            "origin": self.origin,
+            "follow_up": None if self.follow_up is None else self.follow_up.as_json(),
         }
 
 
@@ -143,6 +228,8 @@ class Stats:
     retrying: int  # pending transitions with at least one attempt
     oldest_pending_age_s: float | None  # now - created_at of the oldest pending/in_flight
     extra: dict[str, Any] = field(default_factory=dict)
+    followups: dict[str, int] = field(default_factory=dict)  # per FollowUpState, every one
+    next_followup_at: float | None = None  # earliest due_at of a scheduled follow-up
 
 
 class Store(Protocol):
@@ -166,6 +253,11 @@ class Store(Protocol):
         already stored is a duplicate: counted, not stored again, its transitions not
         queued. Concurrent calls are group-committed (one transaction, one fsync).
         New transitions are pending with next_attempt_at = now. Raises `StorageError`.
+
+        In the same transaction, event by event in the order given: each new transition
+        cancels its lead's scheduled follow-ups that it is newer than, and a transition
+        with a `follow_up` schedules it (cancelled at once when its lead already has a
+        newer transition of another event); see bridge/followups.py.
         """
 
     # --- delivery -----------------------------------------------------------------
@@ -199,7 +291,18 @@ class Store(Protocol):
         `superseded`. A head older than the lead's last delivered transition
         (occurred_at strictly smaller) becomes `stale` and the next one is considered
         (`bridge.claims.plan_lead`). Claimed transitions become in_flight under `epoch`.
+        `followup_due_at` is the earliest due time of a scheduled follow-up, past or not.
         Raises `LeaseLost` unless `epoch` is the lease's current epoch.
+        """
+
+    async def fire_followups(self, now: float, limit: int, *, epoch: int) -> Firing:
+        """Fire up to `limit` scheduled follow-ups due at `now`, earliest first.
+
+        In one transaction per call, each becomes a pending transition of origin
+        `followup` due now, with occurred_at = its due_at, and `fired`; each cancels its
+        lead's other scheduled follow-ups it is newer than. A follow-up fires once: the
+        state change and the transition (unique per event, rule and origin) commit
+        together. Raises `LeaseLost` unless `epoch` is the lease's current epoch.
         """
 
     async def expire_pending(
@@ -285,12 +388,38 @@ class Store(Protocol):
         """Stored events, newest first (received_at, then pk, descending); when given, only
         those with `outcome`, from `source`, received at or after `since`."""
 
-    async def apply_replay(self, pk: int, evaluation: Evaluation, now: float) -> int:
-        """Store a new outcome for an event and queue its new transitions; returns how many.
+    async def apply_replay(self, pk: int, evaluation: Evaluation, now: float) -> Replayed:
+        """Store a new outcome for an event and queue its new transitions (and follow-ups,
+        cancelling as `ingest` does); returns what it queued.
 
         Only while the event is still not `matched`, checked in the transaction that
-        queues: of two concurrent replays of one event, one queues and the other gets 0.
-        A transition is unique per (event, rule), so nothing can queue one twice.
+        queues: of two concurrent replays of one event, one queues and the other nothing.
+        A transition is unique per (event, rule, origin), so nothing can queue one twice.
+        """
+
+    async def followups(
+        self,
+        *,
+        ids: Sequence[int] | None = None,
+        lead: tuple[int, int] | None = None,
+        state: FollowUpState | None = None,
+        limit: int = 1000,
+    ) -> list[FollowUpEntry]:
+        """Follow-ups chosen by id, or by lead (account_id, lead_id) and state; earliest due
+        first."""
+
+    async def cancel_followups(
+        self,
+        now: float,
+        *,
+        ids: Sequence[int] | None = None,
+        lead: tuple[int, int] | None = None,
+        cause: str,
+    ) -> list[FollowUpEntry]:
+        """Cancel the scheduled follow-ups among `ids` or of `lead`; returns those cancelled.
+
+        A follow-up that fired (or was cancelled) before this transaction is left as it
+        is: of a cancel and a firing running at once, exactly one wins.
         """
 
     async def stats(self, now: float) -> Stats:
@@ -299,8 +428,9 @@ class Store(Protocol):
     async def purge(self, older_than: float) -> int:
         """Delete events received before `older_than` whose transitions are all settled.
 
-        Never an event with a pending, in-flight or dead transition, whatever runs
-        concurrently (a replay queueing transitions for it, a dead letter retried).
+        Never an event with a pending, in-flight or dead transition or a scheduled
+        follow-up, whatever runs concurrently (a replay queueing transitions for it, a
+        dead letter retried).
         """
 
 

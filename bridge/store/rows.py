@@ -2,20 +2,34 @@
 same order.
 
 `QUEUED`-shaped rows become QueuedTransition, ledger rows LedgerEntry, event rows
-StoredEvent; each backend's queries name their columns to match. `json_text` encodes
-what an event row keeps.
+StoredEvent, `FOLLOWUP` rows FollowUpEntry; each backend's queries name their columns
+to match. `json_text` encodes what an event row keeps.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Final
 
 import orjson
 
 from bridge.models import Event, LeadStatus, Outcome
-from bridge.store.base import LedgerEntry, QueuedTransition, StoredEvent, TransitionState
+from bridge.store.base import (
+    FollowUpEntry,
+    FollowUpState,
+    LedgerEntry,
+    QueuedTransition,
+    StoredEvent,
+    TransitionState,
+)
+
+# A follow-up `f` joined with its event `e`, in the order `followup_entry` reads them.
+FOLLOWUP: Final = (
+    "f.id, e.source, e.event_id, f.rule, f.account_id, f.lead_id, f.status, f.notes,"
+    " f.occurred_at, f.due_at, f.created_at, f.state, f.settled_at, f.transition_id, f.cause"
+)
+FOLLOWUP_WIDTH: Final = 15
 
 
 def json_text(value: Any) -> str:
@@ -35,7 +49,7 @@ def json_text(value: Any) -> str:
 
 def queued(row: Sequence[Any]) -> QueuedTransition:
     """id, source, event_id, rule, account_id, lead_id, status, notes, occurred_at,
-    created_at, attempts, not_found_attempts[, next_attempt_at]."""
+    created_at, attempts, not_found_attempts[, next_attempt_at[, origin]]."""
     return QueuedTransition(
         id=row[0],
         source=row[1],
@@ -50,12 +64,17 @@ def queued(row: Sequence[Any]) -> QueuedTransition:
         attempts=row[10],
         not_found_attempts=row[11],
         next_attempt_at=row[12] if len(row) > 12 else None,
+        origin=row[13] if len(row) > 13 else "event",
     )
 
 
 def ledger_entry(row: Sequence[Any]) -> LedgerEntry:
     """id, source, event_id, rule, account_id, lead_id, status, notes, state, occurred_at,
-    created_at, attempts, first/last/next attempt times, http_status, reason, event pk."""
+    created_at, attempts, first/last/next attempt times, http_status, reason, event pk[,
+    origin[, FOLLOWUP columns of a LEFT JOIN]]."""
+    follow_up = None
+    if len(row) > 19 and row[19] is not None:
+        follow_up = followup_entry(row[19 : 19 + FOLLOWUP_WIDTH])
     return LedgerEntry(
         id=row[0],
         source=row[1],
@@ -75,6 +94,29 @@ def ledger_entry(row: Sequence[Any]) -> LedgerEntry:
         http_status=row[15],
         reason=row[16],
         event_pk=row[17],
+        origin=row[18] if len(row) > 18 else "event",
+        follow_up=follow_up,
+    )
+
+
+def followup_entry(row: Sequence[Any]) -> FollowUpEntry:
+    """The FOLLOWUP columns."""
+    return FollowUpEntry(
+        id=row[0],
+        source=row[1],
+        event_id=row[2],
+        rule=row[3],
+        account_id=row[4],
+        lead_id=row[5],
+        status=LeadStatus(row[6]),
+        notes=row[7],
+        occurred_at=row[8],
+        due_at=row[9],
+        created_at=row[10],
+        state=FollowUpState(row[11]),
+        settled_at=row[12],
+        transition_id=row[13],
+        cause=row[14],
     )
 
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from bridge.models import Evaluation, Event, LeadStatus, Outcome, Transition, Unmapped
+from bridge.models import Evaluation, Event, FollowUp, LeadStatus, Outcome, Transition, Unmapped
 from bridge.store import open_backend
 from bridge.store.base import Lease, Store
 
@@ -189,12 +189,13 @@ class Events:
         source: str = "stripe",
         rule: str = "paid",
         notes: str | None = None,
+        follow_up: FollowUp | None = None,
     ) -> tuple[Event, Evaluation]:
         """An event whose one rule queues one transition for (account_id, lead_id)."""
         event = self.event(
             source=source, event_id=event_id, occurred_at=occurred_at, received_at=received_at
         )
-        transition = Transition(rule, account_id, lead_id, status, notes)
+        transition = Transition(rule, account_id, lead_id, status, notes, follow_up)
         return event, Evaluation(Outcome.MATCHED, (transition,), (), (rule,))
 
     def ignored(self, *, received_at: float = T0) -> tuple[Event, Evaluation]:

@@ -863,7 +863,7 @@ async def test_apply_replay_stores_the_new_outcome_and_queues_new_transitions(
         ("new-rule", "other-rule"),
     )
 
-    queued = await store.apply_replay(stored.pk, verdict, T0 + 100)
+    queued = (await store.apply_replay(stored.pk, verdict, T0 + 100)).transitions
 
     assert queued == 2
     [replayed] = await store.events_for_replay(ids=[stored.pk])
@@ -879,7 +879,7 @@ async def test_apply_replay_stores_the_new_outcome_and_queues_new_transitions(
 async def test_apply_replay_of_an_unknown_event_queues_nothing(store: Store) -> None:
     verdict = Evaluation(Outcome.MATCHED, (Transition("r", 7, 1, LeadStatus.WON),), (), ("r",))
 
-    assert await store.apply_replay(10_000_000, verdict, T0) == 0
+    assert (await store.apply_replay(10_000_000, verdict, T0)).transitions == 0
     assert await store.ledger(7, 1) == []
 
 
@@ -1064,8 +1064,8 @@ async def test_replaying_an_event_that_is_already_matched_queues_nothing(
     [stored] = await store.events_for_replay(outcome=Outcome.UNMAPPED)
     verdict = Evaluation(Outcome.MATCHED, (Transition("r", 7, 1, LeadStatus.WON),), (), ("r",))
 
-    first = await store.apply_replay(stored.pk, verdict, T0)
-    second = await store.apply_replay(stored.pk, verdict, T0)
+    first = (await store.apply_replay(stored.pk, verdict, T0)).transitions
+    second = (await store.apply_replay(stored.pk, verdict, T0)).transitions
 
     assert (first, second) == (1, 0)
     assert len(await store.ledger(7, 1)) == 1
@@ -1085,7 +1085,7 @@ async def test_two_stores_replaying_the_same_events_at_once_queue_each_transitio
             verdict = Evaluation(
                 Outcome.MATCHED, (Transition("r", 7, lead, LeadStatus.WON),), (), ("r",)
             )
-            queued += await store.apply_replay(stored.pk, verdict, T0)
+            queued += (await store.apply_replay(stored.pk, verdict, T0)).transitions
         return queued
 
     totals = await asyncio.gather(replay(stores[0]), replay(stores[1]))

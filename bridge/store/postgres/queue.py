@@ -30,7 +30,8 @@ LeadKey = tuple[int, int]
 
 QUEUED: Final = (
     "t.id, e.source, e.event_id, t.rule, t.account_id, t.lead_id, t.status, t.notes,"
-    " t.occurred_at, t.created_at, t.attempts, t.not_found_attempts, t.next_attempt_at"
+    " t.occurred_at, t.created_at, t.attempts, t.not_found_attempts, t.next_attempt_at,"
+    " t.origin"
 )
 FROM: Final = "FROM transitions t JOIN events e ON e.pk = t.event_pk"
 # A set of leads travels as two parallel arrays: one statement for any number of leads.
@@ -110,7 +111,7 @@ async def queue_transitions(
         " occurred_at, created_at, state, next_attempt_at)"
         " SELECT *, $8::float8, 'pending', $8::float8 FROM unnest($1::bigint[], $2::text[],"
         " $3::bigint[], $4::bigint[], $5::text[], $6::text[], $7::float8[])"
-        " ON CONFLICT (event_pk, rule) DO NOTHING",
+        " ON CONFLICT (event_pk, rule, origin) DO NOTHING",
         list(event_pks),
         [text(t.rule) for t in transitions],
         [t.account_id for t in transitions],
@@ -239,7 +240,10 @@ async def claim_due(
         " WHERE state = 'pending' AND next_attempt_at > $1",
         now,
     )
-    return Claim(out.claimed, out.superseded, out.stale, next_due_at)
+    followup_due_at = await conn.fetchval(
+        "SELECT min(due_at) FROM followups WHERE state = 'scheduled'"
+    )
+    return Claim(out.claimed, out.superseded, out.stale, next_due_at, followup_due_at)
 
 
 async def expire_pending(

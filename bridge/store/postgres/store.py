@@ -31,16 +31,21 @@ from bridge.errors import ConfigError, LeaseLost, StorageError
 from bridge.models import Evaluation, Event, Outcome
 from bridge.store.base import (
     Claim,
+    Firing,
+    FollowUpEntry,
+    FollowUpState,
     IngestResult,
     LedgerEntry,
     QueuedTransition,
+    Replayed,
     Stats,
     StoredEvent,
     TransitionState,
 )
+from bridge.store.postgres import followups as f
 from bridge.store.postgres import queue as q
 from bridge.store.postgres.schema import migrate
-from bridge.store.rows import json_text, ledger_entry, stored_event
+from bridge.store.rows import FOLLOWUP, json_text, ledger_entry, stored_event
 
 T = TypeVar("T")
 
@@ -72,7 +77,7 @@ _BIGINT: Final = range(-(2**63), 2**63)
 LEDGER: Final = (
     "t.id, e.source, e.event_id, t.rule, t.account_id, t.lead_id, t.status, t.notes, t.state,"
     " t.occurred_at, t.created_at, t.attempts, t.first_attempt_at, t.last_attempt_at,"
-    " t.next_attempt_at, t.http_status, t.reason, e.pk"
+    " t.next_attempt_at, t.http_status, t.reason, e.pk, t.origin"
 )
 EVENT: Final = (
     "pk, source, event_id, occurred_at, received_at, payload, headers, outcome, rule, reason"
@@ -282,40 +287,57 @@ class PostgresStore:
                     occurred.append(event.occurred_at)
                     transitions.append(transition)
             touched, _ = await q.queue_transitions(conn, pks, occurred, transitions, now)
+            # Follow-ups event by event in arrival order (the leads are locked): a later
+            # event may cancel what an earlier one schedules.
+            pk_of = {(row[1], row[2]): row[0] for row in inserted}
+            changes = f.Changes()
+            for event, evaluation in items:
+                key = (q.text(event.source) or "", q.text(event.event_id) or "")
+                pk = pk_of.pop(key, None)  # popped: a second one in the batch is a duplicate
+                if pk is not None and evaluation.transitions:
+                    ref = f.EventRef(pk, key[0], key[1], event.occurred_at)
+                    await f.after_queued(conn, ref, evaluation.transitions, now, changes)
             await q.refresh_leads(conn, touched)
             return IngestResult(
                 stored=len(inserted),
                 duplicates=len(items) - len(inserted),
                 transitions=len(transitions),
+                followups=changes.frozen(),
             )
 
         return await self._run("ingest", work)
 
-    async def apply_replay(self, pk: int, evaluation: Evaluation, now: float) -> int:
-        """Store a new outcome for event `pk` and queue its transitions (0 if no such event)."""
+    async def apply_replay(self, pk: int, evaluation: Evaluation, now: float) -> Replayed:
+        """Store a new outcome for event `pk` and queue its transitions (nothing if no such
+        event)."""
         if pk not in _BIGINT:
-            return 0
+            return Replayed(0)
 
-        async def work(conn: Any) -> int:
+        async def work(conn: Any) -> Replayed:
             # The row lock of this UPDATE serialises concurrent replays of the event;
             # the one that waited re-checks the outcome on the committed row and, as
             # the first one matched it, updates nothing and queues nothing.
-            occurred_at = await conn.fetchval(
+            row = await conn.fetchrow(
                 "UPDATE events SET outcome = $1, rule = $2, reason = $3"
-                " WHERE pk = $4 AND outcome <> 'matched' RETURNING occurred_at",
+                " WHERE pk = $4 AND outcome <> 'matched' RETURNING occurred_at, source, event_id",
                 str(evaluation.outcome),
                 q.text(evaluation.rule),
                 q.text(evaluation.reason),
                 pk,
             )
-            if occurred_at is None:
-                return 0
+            if row is None:
+                return Replayed(0)
+            occurred_at = row[0]
             n = len(evaluation.transitions)
             touched, queued = await q.queue_transitions(
                 conn, [pk] * n, [occurred_at] * n, evaluation.transitions, now
             )
+            changes = f.Changes()
+            if n:
+                ref = f.EventRef(pk, row[1], row[2], occurred_at)
+                await f.after_queued(conn, ref, evaluation.transitions, now, changes)
             await q.refresh_leads(conn, touched)
-            return queued
+            return Replayed(queued, changes.frozen())
 
         return await self._run("apply_replay", work)
 
@@ -345,6 +367,12 @@ class PostgresStore:
             return await q.claim_due(conn, now, limit, coalesce, epoch, skip, only_account)
 
         return await self._run("claim_due", work)
+
+    async def fire_followups(self, now: float, limit: int, *, epoch: int) -> Firing:
+        async def work(conn: Any) -> Firing:
+            return await f.fire_due(conn, now, limit, epoch)
+
+        return await self._run("fire_followups", work)
 
     async def expire_pending(
         self,
@@ -444,10 +472,45 @@ class PostgresStore:
         if account_id not in _BIGINT or lead_id not in _BIGINT:
             return []
         sql = (
-            f"SELECT {LEDGER} {q.FROM} WHERE t.account_id = $1 AND t.lead_id = $2"
-            " ORDER BY t.occurred_at DESC, t.id DESC"
+            f"SELECT {LEDGER}, {FOLLOWUP} {q.FROM}"
+            " LEFT JOIN followups f ON f.event_pk = t.event_pk AND f.rule = t.rule"
+            " WHERE t.account_id = $1 AND t.lead_id = $2 ORDER BY t.occurred_at DESC, t.id DESC"
         )
         return [ledger_entry(row) for row in await self._fetch("ledger", sql, account_id, lead_id)]
+
+    async def followups(
+        self,
+        *,
+        ids: Sequence[int] | None = None,
+        lead: tuple[int, int] | None = None,
+        state: FollowUpState | None = None,
+        limit: int = 1000,
+    ) -> list[FollowUpEntry]:
+        if lead is not None and not (lead[0] in _BIGINT and lead[1] in _BIGINT):
+            return []
+
+        async def work(conn: Any) -> list[FollowUpEntry]:
+            return await f.select(conn, ids, lead, state, limit)
+
+        return await self._run("followups", work, readonly=True)
+
+    async def cancel_followups(
+        self,
+        now: float,
+        *,
+        ids: Sequence[int] | None = None,
+        lead: tuple[int, int] | None = None,
+        cause: str,
+    ) -> list[FollowUpEntry]:
+        if ids is None and lead is None:
+            raise ValueError("cancel_followups needs ids or a lead")
+        if lead is not None and not (lead[0] in _BIGINT and lead[1] in _BIGINT):
+            return []
+
+        async def work(conn: Any) -> list[FollowUpEntry]:
+            return await f.cancel_chosen(conn, now, ids, lead, cause)
+
+        return await self._run("cancel_followups", work)
 
     async def events_for_replay(
         self,
@@ -522,6 +585,8 @@ class PostgresStore:
                 events=events,
                 retrying=retrying,
                 oldest_pending_age_s=None if oldest is None else max(0.0, now - oldest),
+                followups=await f.counts(conn),
+                next_followup_at=await f.next_due(conn),
             )
 
         result = await self._run("stats", work, isolation="repeatable_read", readonly=True)
@@ -553,7 +618,8 @@ class PostgresStore:
                 status = await conn.execute(
                     "DELETE FROM events WHERE pk = ANY($1::bigint[]) AND NOT EXISTS (SELECT 1"
                     " FROM transitions t WHERE t.event_pk = events.pk"
-                    " AND t.state IN ('pending', 'in_flight', 'dead'))",
+                    " AND t.state IN ('pending', 'in_flight', 'dead')) AND NOT EXISTS (SELECT 1"
+                    " FROM followups f WHERE f.event_pk = events.pk AND f.state = 'scheduled')",
                     [row[0] for row in rows],
                 )
                 return int(status.rsplit(" ", 1)[-1]), rows

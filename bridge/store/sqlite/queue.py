@@ -27,7 +27,8 @@ IN_IDS: Final = "IN (SELECT value FROM json_each(?))"
 
 QUEUED = (
     "t.id, e.source, e.event_id, t.rule, t.account_id, t.lead_id, t.status, t.notes,"
-    " t.occurred_at, t.created_at, t.attempts, t.not_found_attempts, t.next_attempt_at"
+    " t.occurred_at, t.created_at, t.attempts, t.not_found_attempts, t.next_attempt_at,"
+    " t.origin"
 )
 FROM = "FROM transitions t JOIN events e ON e.pk = t.event_pk"
 
@@ -52,7 +53,7 @@ _REFRESH = f"""
 _INSERT_TRANSITIONS = (
     "INSERT INTO transitions (event_pk, rule, account_id, lead_id, status, notes,"
     " occurred_at, created_at, state, next_attempt_at) VALUES {values}"
-    " ON CONFLICT (event_pk, rule) DO NOTHING"
+    " ON CONFLICT (event_pk, rule, origin) DO NOTHING"
 )
 _INSERT_LEADS = "INSERT INTO leads (account_id, lead_id) VALUES {values} ON CONFLICT DO NOTHING"
 ROWS_PER_STATEMENT: Final = 500  # rows of a multi-row statement (SQLite binds <= 32766 values)
@@ -237,7 +238,10 @@ def claim_due(
         " WHERE state = 'pending' AND next_attempt_at > ?",
         (now,),
     ).fetchone()
-    return Claim(out.claimed, out.superseded, out.stale, next_due_at)
+    (followup_due_at,) = conn.execute(
+        "SELECT min(due_at) FROM followups WHERE state = 'scheduled'"
+    ).fetchone()
+    return Claim(out.claimed, out.superseded, out.stale, next_due_at, followup_due_at)
 
 
 def expire_pending(

@@ -12,13 +12,14 @@ from typing import Any
 
 from bridge.models import Outcome
 from bridge.store.base import LedgerEntry, Stats, StoredEvent, TransitionState
-from bridge.store.rows import ledger_entry, stored_event
+from bridge.store.rows import FOLLOWUP, ledger_entry, stored_event
+from bridge.store.sqlite.followups import counts, next_due
 from bridge.store.sqlite.queue import FROM, IN_IDS, LeadKey
 
 LEDGER = (
     "t.id, e.source, e.event_id, t.rule, t.account_id, t.lead_id, t.status, t.notes, t.state,"
     " t.occurred_at, t.created_at, t.attempts, t.first_attempt_at, t.last_attempt_at,"
-    " t.next_attempt_at, t.http_status, t.reason, e.pk"
+    " t.next_attempt_at, t.http_status, t.reason, e.pk, t.origin"
 )
 EVENT = "pk, source, event_id, occurred_at, received_at, payload, headers, outcome, rule, reason"
 
@@ -36,10 +37,12 @@ def dead_letters(conn: sqlite3.Connection, limit: int) -> list[LedgerEntry]:
 
 
 def ledger(conn: sqlite3.Connection, key: LeadKey) -> list[LedgerEntry]:
-    """Every transition of one lead, newest first in the order they apply."""
+    """Every transition of one lead, newest first in the order they apply, each with the
+    follow-up of its (event, rule) if there is one."""
     rows = conn.execute(
-        f"SELECT {LEDGER} {FROM} WHERE t.account_id = ? AND t.lead_id = ?"
-        " ORDER BY t.occurred_at DESC, t.id DESC",
+        f"SELECT {LEDGER}, {FOLLOWUP} {FROM}"
+        " LEFT JOIN followups f ON f.event_pk = t.event_pk AND f.rule = t.rule"
+        " WHERE t.account_id = ? AND t.lead_id = ? ORDER BY t.occurred_at DESC, t.id DESC",
         key,
     ).fetchall()
     return [ledger_entry(row) for row in rows]
@@ -117,6 +120,7 @@ def stats(conn: sqlite3.Connection, now: float) -> Stats:
         (oldest,) = conn.execute(
             "SELECT min(created_at) FROM transitions WHERE state IN ('pending', 'in_flight')"
         ).fetchone()
+        followups, next_followup_at = counts(conn), next_due(conn)
     finally:
         conn.execute("COMMIT")
     return Stats(
@@ -124,4 +128,6 @@ def stats(conn: sqlite3.Connection, now: float) -> Stats:
         events=events,
         retrying=retrying,
         oldest_pending_age_s=None if oldest is None else max(0.0, now - oldest),
+        followups=followups,
+        next_followup_at=next_followup_at,
     )

@@ -105,6 +105,38 @@ MIGRATIONS: tuple[Migration, ...] = (
         "CREATE UNIQUE INDEX transitions_event_rule ON transitions (event_pk, rule)",
         "DROP INDEX transitions_event",  # the unique index serves lookups by event_pk
     ),
+    # Follow-ups (bridge/followups.py): scheduled here, fired into transitions of origin
+    # 'followup', so a transition is unique per (event, rule, origin). Self-contained: it
+    # relies on no migration but 1 and 2, whatever number it ends up with.
+    (
+        """
+        CREATE TABLE followups (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,  -- never reused: ids are shown to operators
+            event_pk INTEGER NOT NULL REFERENCES events (pk) ON DELETE CASCADE,
+            rule TEXT NOT NULL,
+            account_id INTEGER NOT NULL,
+            lead_id INTEGER NOT NULL,
+            status TEXT NOT NULL,
+            notes TEXT,
+            occurred_at REAL NOT NULL,  -- of the event that scheduled it
+            due_at REAL NOT NULL,
+            created_at REAL NOT NULL,
+            state TEXT NOT NULL CHECK (state IN ('scheduled', 'fired', 'cancelled')),
+            settled_at REAL,  -- when it fired or was cancelled
+            transition_id INTEGER,  -- the transition it fired
+            cause TEXT,  -- why it was cancelled
+            UNIQUE (event_pk, rule)
+        )
+        """,
+        # Only scheduled ones wait: the delivery worker reads the earliest of this index.
+        "CREATE INDEX followups_due ON followups (due_at) WHERE state = 'scheduled'",
+        # Storing a transition looks up its lead's scheduled ones; the ledger all of them.
+        "CREATE INDEX followups_lead ON followups (account_id, lead_id, state)",
+        "ALTER TABLE transitions ADD COLUMN origin TEXT NOT NULL DEFAULT 'event'"
+        " CHECK (origin IN ('event', 'followup'))",
+        "CREATE UNIQUE INDEX transitions_event_rule_origin ON transitions (event_pk, rule, origin)",
+        "DROP INDEX transitions_event_rule",  # the wider key keeps its guarantee
+    ),
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

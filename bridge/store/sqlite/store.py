@@ -15,8 +15,9 @@ request (figures in bench/store_ingest.py). `?synchronous=normal` in the URL tra
 that guarantee for speed on hosts whose disk fsyncs slowly.
 
 Retention. `purge` deletes old events whose transitions are delivered, superseded or
-stale; events with a pending, in-flight or dead transition are kept, so a dead letter
-stays visible until an operator retries it.
+stale; events with a pending, in-flight or dead transition or a scheduled follow-up are
+kept, so a dead letter stays visible until an operator retries it and a follow-up due
+after `storage.retention` still fires.
 """
 
 from __future__ import annotations
@@ -38,13 +39,18 @@ from bridge.errors import ConfigError, StorageError
 from bridge.models import Evaluation, Event, Outcome
 from bridge.store.base import (
     Claim,
+    Firing,
+    FollowUpEntry,
+    FollowUpState,
     IngestResult,
     LedgerEntry,
     QueuedTransition,
+    Replayed,
     Stats,
     StoredEvent,
 )
 from bridge.store.rows import json_text
+from bridge.store.sqlite import followups as f
 from bridge.store.sqlite import queue as q
 from bridge.store.sqlite.reads import (
     dead_letters,
@@ -285,9 +291,9 @@ class SqliteStore:
         prepared = [_prepare(event, evaluation) for event, evaluation in items]
         return await self._w().submit_many("ingest", _ingest_many, (prepared, now))
 
-    async def apply_replay(self, pk: int, evaluation: Evaluation, now: float) -> int:
-        """Store a new outcome for event `pk` and queue its transitions; 0 if there is no
-        such event or it is matched already."""
+    async def apply_replay(self, pk: int, evaluation: Evaluation, now: float) -> Replayed:
+        """Store a new outcome for event `pk` and queue its transitions; nothing if there
+        is no such event or it is matched already."""
         return await self._w().submit(
             "apply_replay", partial(_apply_replay, pk=pk, evaluation=evaluation, now=now)
         )
@@ -317,6 +323,10 @@ class SqliteStore:
             only_account=only_account,
         )
         return await self._w().submit("claim_due", work)
+
+    async def fire_followups(self, now: float, limit: int, *, epoch: int) -> Firing:
+        work = partial(f.fire_due, now=now, limit=limit, epoch=epoch)
+        return await self._w().submit("fire_followups", work)
 
     async def expire_pending(
         self,
@@ -410,6 +420,30 @@ class SqliteStore:
     async def ledger(self, account_id: int, lead_id: int) -> list[LedgerEntry]:
         return await self._r().run("ledger", partial(ledger, key=(account_id, lead_id)))
 
+    async def followups(
+        self,
+        *,
+        ids: Sequence[int] | None = None,
+        lead: tuple[int, int] | None = None,
+        state: FollowUpState | None = None,
+        limit: int = 1000,
+    ) -> list[FollowUpEntry]:
+        work = partial(f.select, ids=ids, lead=lead, state=state, limit=limit)
+        return await self._r().run("followups", work)
+
+    async def cancel_followups(
+        self,
+        now: float,
+        *,
+        ids: Sequence[int] | None = None,
+        lead: tuple[int, int] | None = None,
+        cause: str,
+    ) -> list[FollowUpEntry]:
+        if ids is None and lead is None:
+            raise ValueError("cancel_followups needs ids or a lead")
+        work = partial(f.cancel_chosen, now=now, ids=ids, lead=lead, cause=cause)
+        return await self._w().submit("cancel_followups", work)
+
     async def events_for_replay(
         self,
         *,
@@ -492,10 +526,12 @@ def _ingest_many(
     """
     rows = [row for prepared, _ in requests for row, _, _ in prepared]
     inserted = _insert_events(conn, rows)
-    results: list[IngestResult] = []
+    counts: list[tuple[int, int, int]] = []
     transitions: list[q.TransitionRow] = []
+    events: list[list[f.Queued]] = []  # per request, the stored events with transitions
     for prepared, now in requests:
         stored = duplicates = queued = 0
+        events.append([])
         for row, occurred_at, evaluated in prepared:
             pk = inserted.pop((row[0], row[1]), None)  # popped: a second one is a duplicate
             if pk is None:
@@ -504,9 +540,14 @@ def _ingest_many(
             stored += 1
             queued += len(evaluated)
             transitions += q.transition_rows(pk, occurred_at, evaluated, now)
-        results.append(IngestResult(stored=stored, duplicates=duplicates, transitions=queued))
-    q.refresh_leads(conn, q.insert_transitions(conn, transitions)[0])
-    return results
+            if evaluated:
+                events[-1].append((f.EventRef(pk, row[0], row[1], occurred_at), evaluated))
+        counts.append((stored, duplicates, queued))
+    touched = q.insert_transitions(conn, transitions)[0]
+    # With every transition of the group in, follow-ups event by event in arrival order.
+    changes = f.after_stored(conn, events, [now for _, now in requests])
+    q.refresh_leads(conn, touched)
+    return [IngestResult(*c, followups=ch) for c, ch in zip(counts, changes, strict=True)]
 
 
 def _insert_events(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> dict[Any, int]:
@@ -521,12 +562,14 @@ def _insert_events(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> dic
     return {(source, event_id): pk for pk, source, event_id in orjson.loads(inserted_json)}
 
 
-def _apply_replay(conn: sqlite3.Connection, pk: int, evaluation: Evaluation, now: float) -> int:
+def _apply_replay(
+    conn: sqlite3.Connection, pk: int, evaluation: Evaluation, now: float
+) -> Replayed:
     # The check that the event is still unmatched is part of this write transaction:
     # a concurrent replay (another process) that matched it first wins.
     row = conn.execute(
         "UPDATE events SET outcome = ?, rule = ?, reason = ? WHERE pk = ? AND outcome <> ?"
-        " RETURNING occurred_at",
+        " RETURNING occurred_at, source, event_id",
         (
             str(evaluation.outcome),
             q.text(evaluation.rule),
@@ -536,10 +579,15 @@ def _apply_replay(conn: sqlite3.Connection, pk: int, evaluation: Evaluation, now
         ),
     ).fetchall()  # all rows: a RETURNING statement completes only once fully stepped
     if not row:
-        return 0
-    touched, queued = q.queue_transitions(conn, pk, row[0][0], evaluation.transitions, now)
+        return Replayed(0)
+    occurred_at, source, event_id = row[0]
+    touched, queued = q.queue_transitions(conn, pk, occurred_at, evaluation.transitions, now)
+    changes = f.Changes()
+    if evaluation.transitions:
+        event = f.EventRef(pk, source, event_id, occurred_at)
+        f.after_queued(conn, event, evaluation.transitions, now, changes)
     q.refresh_leads(conn, touched)
-    return queued
+    return Replayed(queued, changes.frozen())
 
 
 def _ping(conn: sqlite3.Connection) -> None:
@@ -562,7 +610,9 @@ def _purge_chunk(
         return 0, after, True
     deleted = conn.execute(
         f"DELETE FROM events WHERE pk {q.IN_IDS} AND NOT EXISTS (SELECT 1 FROM transitions t"  # noqa: S608
-        " WHERE t.event_pk = events.pk AND t.state IN ('pending', 'in_flight', 'dead'))",
+        " WHERE t.event_pk = events.pk AND t.state IN ('pending', 'in_flight', 'dead'))"
+        " AND NOT EXISTS (SELECT 1 FROM followups f"
+        " WHERE f.event_pk = events.pk AND f.state = 'scheduled')",
         (json.dumps([row[0] for row in rows]),),
     ).rowcount
     return deleted, (rows[-1][1], rows[-1][0]), len(rows) < PURGE_CHUNK
