@@ -23,7 +23,14 @@ from bridge import followups, validation
 from bridge.errors import BadRequest, RequestRejected, StorageError
 from bridge.models import Evaluation, Event, Outcome
 from bridge.runtime import RUNTIME, Runtime
-from bridge.store.base import FollowUpEntry, FollowUpState, LedgerEntry, Store, StoredEvent
+from bridge.store.base import (
+    FollowUpChanges,
+    FollowUpEntry,
+    FollowUpState,
+    LedgerEntry,
+    Store,
+    StoredEvent,
+)
 
 log = structlog.get_logger("bridge.admin")
 
@@ -138,7 +145,14 @@ class ReplayResult:
     transitions: int = 0
     skipped_matched: int = 0  # already matched: replaying would queue their transitions twice
     truncated: bool = False  # REPLAY_LIMIT events were chosen; run again for the rest
-    followups: dict[str, int] = field(default_factory=lambda: {"scheduled": 0, "cancelled": 0})
+    changes: list[FollowUpChanges] = field(default_factory=list)  # follow-ups, per event
+
+    @property
+    def followups(self) -> dict[str, int]:
+        return {
+            "scheduled": sum(len(c.scheduled) for c in self.changes),
+            "cancelled": sum(len(c.cancelled) for c in self.changes),
+        }
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -189,7 +203,7 @@ async def replay(
         limit=REPLAY_LIMIT,
     )
     outcomes = dict.fromkeys(map(str, Outcome), 0)
-    changed = {"scheduled": 0, "cancelled": 0}
+    changes: list[FollowUpChanges] = []
     skipped = queued = 0
     for stored in chosen:
         if stored.outcome is Outcome.MATCHED:
@@ -198,13 +212,11 @@ async def replay(
         evaluation = rules.evaluate(stored.event)
         replayed = await store.apply_replay(stored.pk, evaluation, now)
         queued += replayed.transitions
-        changed["scheduled"] += len(replayed.followups.scheduled)
-        changed["cancelled"] += len(replayed.followups.cancelled)
-        for name, fields in followups.log_lines(replayed.followups, now):
-            log.info(name, **fields)
+        if replayed.followups.scheduled or replayed.followups.cancelled:
+            changes.append(replayed.followups)
         outcomes[str(evaluation.outcome)] += 1
     truncated = len(chosen) >= REPLAY_LIMIT
-    return ReplayResult(outcomes, queued, skipped, truncated, changed)
+    return ReplayResult(outcomes, queued, skipped, truncated, changes)
 
 
 async def list_events(store: Store, query: EventQuery) -> list[StoredEvent]:
@@ -243,8 +255,6 @@ async def cancel_followups(
 ) -> CancelResult:
     """Cancel scheduled follow-ups by id or every one of a lead; safe beside a firing."""
     cancelled = await store.cancel_followups(now, ids=ids, lead=lead, cause=followups.OPERATOR)
-    for entry in cancelled:
-        log.info("followup.cancelled", cause=entry.cause, **followups.fields(entry))
     if ids is None:
         return CancelResult(cancelled, [], [])
     done = {e.id for e in cancelled}
@@ -399,7 +409,11 @@ async def handle_retry(request: web.Request) -> web.Response:
 async def handle_replay(request: web.Request) -> web.Response:
     runtime = request.config_dict[RUNTIME]
     body = await _body(request, ReplayRequest)
-    result = await replay(runtime.store, runtime.bundle.rules, body, runtime.clock())
+    now = runtime.clock()
+    result = await replay(runtime.store, runtime.bundle.rules, body, now)
+    for changes in result.changes:
+        for name, fields in followups.log_lines(changes, now):
+            log.info(name, **fields)
     log.info("admin.replay", **result.as_json())
     _wake(runtime, result.transitions)
     return web.json_response({"ok": True, **result.as_json()})
@@ -444,6 +458,8 @@ async def handle_cancel(request: web.Request) -> web.Response:
     runtime = request.config_dict[RUNTIME]
     body = await _body(request, CancelRequest)
     result = await cancel_followups(runtime.store, runtime.clock(), ids=body.ids, lead=body.lead)
+    for entry in result.cancelled:
+        log.info("followup.cancelled", cause=entry.cause, **followups.fields(entry))
     return web.json_response(result.as_json())
 
 

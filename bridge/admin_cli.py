@@ -1,4 +1,5 @@
-"""The store commands: `events list`, `dead-letters list|retry`, `replay`, `explain`, `stats`.
+"""The store commands: `events list`, `dead-letters list|retry`, `replay`, `explain`,
+`followups list|cancel`, `stats`.
 
 They open the store named by the config directly, so they work while the server is
 down (and beside it: SQLite's WAL and PostgreSQL both allow that). Each prints a table,
@@ -18,17 +19,22 @@ from typing import Any, TextIO, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
+from bridge import followups
 from bridge.admin import (
     REPLAY_LIMIT,
+    CancelResult,
     EventQuery,
     ReplayRequest,
+    cancel_followups,
     dead_letter_json,
     describe,
     event_json,
     explain,
+    followup_json,
     ledger_json,
     list_dead,
     list_events,
+    list_followups,
     replay,
     retry,
     stats,
@@ -37,7 +43,7 @@ from bridge.bundle import Bundle
 from bridge.delivery import IDLE_POLL_S
 from bridge.errors import ConfigError, StorageError
 from bridge.store import open_backend
-from bridge.store.base import LedgerEntry, StoredEvent, Wakeup
+from bridge.store.base import FollowUpEntry, FollowUpState, LedgerEntry, Store, StoredEvent, Wakeup
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -64,7 +70,8 @@ def cli_main(
     out: TextIO = sys.stdout,
     err: TextIO = sys.stderr,
 ) -> int:
-    """Run `dead-letters | replay | explain | stats` on the configured store; the exit code."""
+    """Run `dead-letters | replay | explain | followups | stats` on the configured store;
+    the exit code."""
     try:
         return asyncio.run(_run(command, args, bundle, out, err))
     except UsageError as exc:
@@ -91,9 +98,9 @@ async def _run(
     elif command == "events":
         fields = {"outcome": args.outcome, "source": args.source, "since": args.since}
         query = _validated(EventQuery, {**fields, "limit": args.limit})
-    elif command == "explain":
+    elif command == "explain" or (command == "followups" and args.lead):
         lead = parse_lead(args.lead, bundle.config.voxys.account_id)
-    elif command not in ("dead-letters", "stats"):
+    elif command not in ("dead-letters", "stats", "followups"):
         raise UsageError(f"unknown command {command!r}")
     backend = open_backend(bundle.config.storage.url)
     store = backend.store
@@ -122,11 +129,13 @@ async def _run(
             assert lead is not None
             entries = await explain(store, *lead)
             text = (
-                _ledger_table(entries)
+                _ledger_table(entries, now)
                 if entries
                 else f"no transitions for lead {lead[0]}/{lead[1]}"
             )
             _emit(out, as_json, [ledger_json(e) for e in entries], text)
+        elif command == "followups":
+            return await _followups(store, args, lead, now, as_json, out)
         else:
             body = await stats(store, now)
             _emit(out, as_json, body, _stats_text(body))
@@ -156,6 +165,31 @@ def _validated(model: type[M], fields: dict[str, Any]) -> M:
         return model.model_validate({k: v for k, v in fields.items() if v is not None})
     except ValidationError as exc:
         raise UsageError(describe(exc)) from None
+
+
+async def _followups(
+    store: Store,
+    args: argparse.Namespace,
+    lead: tuple[int, int] | None,
+    now: float,
+    as_json: bool,
+    out: TextIO,
+) -> int:
+    """`followups list` (exit 0) and `followups cancel` (exit 1 when an asked-for one could
+    not be cancelled: it fired, was cancelled already, or does not exist)."""
+    if args.action == "list":
+        state = None if args.state == "all" else FollowUpState(args.state)
+        entries = await list_followups(store, lead=lead, state=state)
+        text = _followup_table(entries, now) if entries else f"no {args.state} follow-ups"
+        _emit(out, as_json, [followup_json(e) for e in entries], text)
+        return 0
+    if not args.id and lead is None:
+        raise UsageError("followups cancel wants --id N (repeatable) or --lead ACCOUNT/LEAD")
+    if args.id and lead is not None:
+        raise UsageError("followups cancel takes --id or --lead, not both")
+    result = await cancel_followups(store, now, ids=args.id or None, lead=lead)
+    _emit(out, as_json, result.as_json(), _cancel_text(result, lead))
+    return 0 if result.as_json()["ok"] else 1
 
 
 def _emit(out: TextIO, as_json: bool, data: Any, text: str) -> None:
@@ -209,7 +243,13 @@ def _dead_table(entries: Sequence[LedgerEntry]) -> str:
     return table(headers, rows)
 
 
-def _ledger_table(entries: Sequence[LedgerEntry]) -> str:
+def _rule_label(e: LedgerEntry) -> str:
+    if e.origin == "event":
+        return e.rule
+    return f"{e.rule} (follow-up {e.follow_up.id})" if e.follow_up else f"{e.rule} (follow-up)"
+
+
+def _ledger_table(entries: Sequence[LedgerEntry], now: float) -> str:
     headers = [
         "time",
         "id",
@@ -228,13 +268,33 @@ def _ledger_table(entries: Sequence[LedgerEntry]) -> str:
             e.event_pk,
             e.status,
             e.state,
-            e.rule,
+            _rule_label(e),
             f"{e.source}/{e.event_id}",
             e.attempts,
             e.reason,
         ]
         for e in entries
     ]
+    text = table(headers, rows)
+    scheduled = {e.follow_up.id: e.follow_up for e in entries if e.follow_up is not None}
+    if scheduled:
+        by_due = sorted(scheduled.values(), key=lambda f: (f.due_at, f.id), reverse=True)
+        text += "\n\nfollow-ups\n" + _followup_table(by_due, now, lead=False)
+    return text
+
+
+def _followup_table(entries: Sequence[FollowUpEntry], now: float, *, lead: bool = True) -> str:
+    headers = ["id", "due", "", "status", "state", "rule", "source/event_id", "cause"]
+    if lead:
+        headers.insert(3, "lead")
+    rows = []
+    for e in entries:
+        when = _due_in(e, now)
+        row: list[Any] = [e.id, _when(e.due_at), when, e.status, e.state, e.rule]
+        row += [f"{e.source}/{e.event_id}", _settled(e)]
+        if lead:
+            row.insert(3, f"{e.account_id}/{e.lead_id}")
+        rows.append(row)
     return table(headers, rows)
 
 
@@ -254,6 +314,34 @@ def _events_table(stored: Sequence[StoredEvent]) -> str:
     return table(headers, rows)
 
 
+def _due_in(e: FollowUpEntry, now: float) -> str:
+    if e.state is not FollowUpState.SCHEDULED:
+        return ""
+    if e.due_at <= now:
+        return f"due {followups.span(now - e.due_at)} ago"
+    return f"in {followups.span(e.due_at - now)}"
+
+
+def _settled(e: FollowUpEntry) -> str | None:
+    if e.state is FollowUpState.FIRED:
+        return f"fired {_when(e.settled_at)} as transition {e.transition_id}"
+    if e.state is FollowUpState.CANCELLED:
+        return f"{e.cause} ({_when(e.settled_at)})"
+    return None
+
+
+def _cancel_text(result: CancelResult, lead: tuple[int, int] | None) -> str:
+    lines = [
+        f"cancelled follow-up {e.id} ({e.status} due {_when(e.due_at)})" for e in result.cancelled
+    ]
+    for e in result.not_cancelled:
+        lines.append(f"follow-up {e.id} was not cancelled: it is {e.state} ({_settled(e)})")
+    lines += [f"follow-up {i} does not exist" for i in result.unknown]
+    if not lines:
+        return f"no scheduled follow-ups for lead {lead[0]}/{lead[1]}" if lead else "nothing to do"
+    return "\n".join(lines)
+
+
 def _replay_text(result: dict[str, Any]) -> str:
     outcomes = ", ".join(f"{k} {v}" for k, v in result["outcomes"].items())
     lines = [
@@ -271,8 +359,10 @@ def _stats_text(body: dict[str, Any]) -> str:
     age = body["oldest_pending_age_s"]
     rows = [[f"transitions {k}", v] for k, v in body["transitions"].items()]
     rows += [[f"events {k}", v] for k, v in body["events"].items()]
+    rows += [[f"follow-ups {k}", v] for k, v in body["followups"].items()]
     rows += [
         ["retrying", body["retrying"]],
         ["oldest pending", None if age is None else f"{age:.1f}s"],
+        ["next follow-up", body["next_followup_iso"]],
     ]
     return table(["counter", "value"], rows)

@@ -411,6 +411,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lead", required=True, metavar="ACCOUNT/LEAD", help="or LEAD alone")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_admin)
+    p = command("followups", "list scheduled follow-ups or cancel them (works while stopped)")
+    actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    a = actions.add_parser("list", help="follow-ups, earliest due first")
+    a.add_argument("--config", "-c", default=argparse.SUPPRESS, help="bridge.yaml")
+    a.add_argument("--lead", metavar="ACCOUNT/LEAD", help="only this lead's (or LEAD alone)")
+    a.add_argument(
+        "--state",
+        choices=["scheduled", "fired", "cancelled", "all"],
+        default="scheduled",
+        help="default: %(default)s",
+    )
+    a.add_argument("--json", action="store_true", help="machine-readable output")
+    a = actions.add_parser("cancel", help="cancel scheduled follow-ups (safe while serving)")
+    a.add_argument("--config", "-c", default=argparse.SUPPRESS, help="bridge.yaml")
+    a.add_argument("--id", type=int, action="append", metavar="N", help="a follow-up id")
+    a.add_argument("--lead", metavar="ACCOUNT/LEAD", help="every scheduled one of this lead")
+    a.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_admin)
     p = command("stats", "counts per transition state and event outcome")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_admin)

@@ -196,11 +196,13 @@ async def post_examples(
 
 
 async def settle(runtime: Runtime, within: float) -> bool:
-    """Wait until nothing is pending or in flight (the worker wakes on each stored event)."""
+    """Wait until nothing is pending, in flight or a follow-up due (the worker wakes on each
+    stored event)."""
     deadline = time.monotonic() + within
     while time.monotonic() < deadline:
         stats = await runtime.store.stats(time.time())
-        if stats.transitions["pending"] == 0 and stats.transitions["in_flight"] == 0:
+        due = stats.next_followup_at is not None and stats.next_followup_at <= time.time()
+        if stats.transitions["pending"] == 0 and stats.transitions["in_flight"] == 0 and not due:
             return True
         await asyncio.sleep(0.1)
     return False

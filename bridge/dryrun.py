@@ -3,7 +3,8 @@
 The payload is parsed by the configured source exactly as a received request would be,
 except that `verify` is skipped (a file has no valid signature), so no secret, token or
 store setting is read: a `${VAR}` under one of them may be unset. Nothing is stored and
-Voxys is never called: the output is the request each transition would become.
+Voxys is never called: the output is the request each transition would become, and the
+follow-up each would schedule with its due time.
 """
 
 from __future__ import annotations
@@ -15,9 +16,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
+from bridge import followups
 from bridge.cli import _load
 from bridge.errors import RequestRejected
-from bridge.models import Evaluation, Event, Transition
+from bridge.models import Evaluation, Event, FollowUp, Transition
 from bridge.sources.base import WebhookRequest
 
 # What a provider sends for a JSON payload file, unless a --header says otherwise.
@@ -62,7 +64,10 @@ def run(
         return 2
     base_url = bundle.config.voxys.base_url
     tried = sum(1 for rule in bundle.rules.rules if source_key in rule.sources)
-    reports = [describe(event, bundle.rules.evaluate(event), base_url, tried) for event in events]
+    now = clock()
+    reports = [
+        describe(event, bundle.rules.evaluate(event), base_url, tried, now) for event in events
+    ]
     if as_json:
         json.dump(reports, out, indent=2)
         out.write("\n")
@@ -122,12 +127,16 @@ def _check_json(body: bytes) -> None:
         ) from exc
 
 
-def voxys_request(transition: Transition, base_url: str) -> dict[str, Any]:
-    """The PATCH a transition becomes: method, path, URL and JSON body."""
+def voxys_request(
+    transition: Transition, base_url: str, occurred_at: float = 0.0, now: float = 0.0
+) -> dict[str, Any]:
+    """The PATCH a transition becomes: method, path, URL and JSON body; and the follow-up
+    it would schedule (`occurred_at`: its event's, `now`: the time of the dry run)."""
     path = f"/api/v1/accounts/{transition.account_id}/leads/{transition.lead_id}/status"
     body: dict[str, Any] = {"status": str(transition.status)}
     if transition.notes:
         body["notes"] = transition.notes
+    follow_up = transition.follow_up
     return {
         "rule": transition.rule,
         "account_id": transition.account_id,
@@ -137,10 +146,28 @@ def voxys_request(transition: Transition, base_url: str) -> dict[str, Any]:
         "path": path,
         "url": base_url + path,
         "body": body,
+        "follow_up": None if follow_up is None else _follow_up(follow_up, occurred_at, now),
     }
 
 
-def describe(event: Event, evaluation: Evaluation, base_url: str, tried: int) -> dict[str, Any]:
+def _follow_up(follow_up: FollowUp, occurred_at: float, now: float) -> dict[str, Any]:
+    body: dict[str, Any] = {"status": str(follow_up.status)}
+    if follow_up.notes:
+        body["notes"] = follow_up.notes
+    return {
+        "status": str(follow_up.status),
+        "body": body,
+        "due_at": follow_up.due_at,
+        "due_iso": followups.iso(follow_up.due_at),
+        "after_event_s": follow_up.due_at - occurred_at,
+        "due_in_s": max(0.0, follow_up.due_at - now),
+        "fires_at_once": follow_up.due_at <= now,  # the due time has passed already
+    }
+
+
+def describe(
+    event: Event, evaluation: Evaluation, base_url: str, tried: int, now: float = 0.0
+) -> dict[str, Any]:
     """One event's verdict as plain data: the JSON output, and what the text output shows."""
     why: str | None = None
     if not evaluation.transitions:
@@ -155,7 +182,9 @@ def describe(event: Event, evaluation: Evaluation, base_url: str, tried: int) ->
         "outcome": str(evaluation.outcome),
         "rule": evaluation.rule,
         "matched_rules": list(evaluation.matched_rules),
-        "requests": [voxys_request(t, base_url) for t in evaluation.transitions],
+        "requests": [
+            voxys_request(t, base_url, event.occurred_at, now) for t in evaluation.transitions
+        ],
         "unmapped": [{"rule": u.rule, "reason": u.reason} for u in evaluation.unmapped],
         "why_nothing": why,
     }
@@ -176,8 +205,25 @@ def write_text(reports: list[dict[str, Any]], out: TextIO) -> None:
         for request in report["requests"]:
             print(f"  request   {request['method']} {request['path']}", file=out)
             print(f"            {json.dumps(request['body'], ensure_ascii=False)}", file=out)
+            if request["follow_up"]:
+                _write_follow_up(request, out)
         for problem in report["unmapped"]:
             if report["requests"]:  # a later rule failed while an earlier one matched
                 print(f"  unmapped  rule {problem['rule']!r}: {problem['reason']}", file=out)
         if report["why_nothing"]:
             print(f"  no request: {report['why_nothing']}", file=out)
+
+
+def _write_follow_up(request: dict[str, Any], out: TextIO) -> None:
+    follow_up = request["follow_up"]
+    after = followups.span(follow_up["after_event_s"])
+    when = (
+        "past: fires at once"
+        if follow_up["fires_at_once"]
+        else f"in {followups.span(follow_up['due_in_s'])} from now"
+    )
+    print(f"  follow-up {request['method']} {request['path']}", file=out)
+    print(f"            {json.dumps(follow_up['body'], ensure_ascii=False)}", file=out)
+    print(f"            at {follow_up['due_iso']}, {after} after the event ({when}),", file=out)
+    lead = f"{request['account_id']}/{request['lead_id']}"
+    print(f"            unless a newer event for lead {lead} is stored first", file=out)

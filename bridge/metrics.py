@@ -82,6 +82,14 @@ class Metrics:
             "Age of the oldest transition not yet settled (0 when none)",
             registry=r,
         )
+        self.followups = Gauge(
+            "bridge_followups", "Follow-ups in the store by state", ["state"], registry=r
+        )
+        self.followups_overdue = Gauge(
+            "bridge_followups_overdue_seconds",
+            "How long the earliest scheduled follow-up has been due (0 when none is)",
+            registry=r,
+        )
         self.deliverer = Gauge(
             "bridge_delivery_leader", "1 when this process is the active deliverer", registry=r
         )
@@ -121,11 +129,15 @@ class Metrics:
     def settled(self, state: str) -> None:
         self.transitions.labels(state=state).inc()
 
-    def update_from(self, stats: Stats) -> None:
+    def update_from(self, stats: Stats, now: float) -> None:
         for state, count in stats.transitions.items():
             self.queue.labels(state=state).set(count)
         self.retrying.set(stats.retrying)
         self.oldest_pending.set(stats.oldest_pending_age_s or 0.0)
+        for state, count in stats.followups.items():
+            self.followups.labels(state=state).set(count)
+        due = stats.next_followup_at
+        self.followups_overdue.set(0.0 if due is None else max(0.0, now - due))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
@@ -140,7 +152,8 @@ async def handle_metrics(request: web.Request) -> web.Response:
 
     metrics = request.app[METRICS]
     runtime = request.app[RUNTIME]
-    metrics.update_from(await runtime.store.stats(runtime.clock()))
+    now = runtime.clock()
+    metrics.update_from(await runtime.store.stats(now), now)
     resp = web.Response(body=metrics.render())
     resp.content_type = CONTENT_TYPE_LATEST.split(";")[0]
     return resp
