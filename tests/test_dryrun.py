@@ -60,6 +60,7 @@ class Sends:
     lead_id: int
     status: str
     account_id: int = ACCOUNT
+    follow_up: tuple[str, str] | None = None  # the status it schedules and when (ISO)
 
 
 @dataclass(frozen=True)
@@ -94,7 +95,14 @@ EXPECTED: dict[str, tuple[str, list[str], list[Verdict]]] = {
     "stripe/invoice.payment_failed.json": (
         "stripe",
         [],
-        [Sends("stripe-invoice-payment-failed", 4714, "snoozed")],
+        [
+            Sends(
+                "stripe-invoice-payment-failed",
+                4714,
+                "snoozed",
+                follow_up=("lost", "2024-08-30T14:24:00Z"),  # 7 days after `created`
+            )
+        ],
     ),
     "stripe/customer.subscription.paused.json": (
         "stripe",
@@ -172,7 +180,14 @@ EXPECTED: dict[str, tuple[str, list[str], list[Verdict]]] = {
     "standard-webhooks/invoice.payment_failed.json": (
         "billing",
         WEBHOOK_ID,
-        [Sends("billing-payment-failed", 4712, "snoozed")],
+        [
+            Sends(
+                "billing-payment-failed",
+                4712,
+                "snoozed",
+                follow_up=("lost", "2024-09-07T06:00:00Z"),  # the grace period's end
+            )
+        ],
     ),
     "standard-webhooks/subscription.canceled.json": (
         "billing",
@@ -339,6 +354,11 @@ def test_each_example_payload_produces_its_expected_request(
             assert (request["method"], request["path"]) == ("PATCH", path)
             assert request["body"]["status"] == verdict.status
             assert set(request["body"]) <= {"status", "notes"}
+            follow_up = request["follow_up"]
+            if verdict.follow_up is None:
+                assert follow_up is None
+            else:
+                assert (follow_up["status"], follow_up["due_iso"]) == verdict.follow_up
             assert report["why_nothing"] is None
         elif isinstance(verdict, Ignored):
             assert report["outcome"] == "ignored"
@@ -360,6 +380,41 @@ def test_text_output_shows_the_rule_and_the_exact_request() -> None:
     assert "rule      stripe-checkout-paid" in result.stdout
     assert "PATCH /api/v1/accounts/1/leads/4711/status" in result.stdout
     assert '{"status": "won", "notes": "Stripe checkout paid: 49.00 EUR"}' in result.stdout
+
+
+def test_text_output_shows_the_follow_up_a_rule_would_schedule_and_when() -> None:
+    result = dry_run("--source", "stripe", EXAMPLES / "stripe/invoice.payment_failed.json")
+
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    at = lines.index("  follow-up PATCH /api/v1/accounts/1/leads/4714/status")
+    assert lines[at + 1].strip().startswith('{"status": "lost", "notes": "Stripe invoice')
+    assert lines[at + 2].strip() == (
+        "at 2024-08-30T14:24:00Z, 7d after the event (past: fires at once),"
+    )
+    assert lines[at + 3].strip() == "unless a newer event for lead 1/4714 is stored first"
+
+
+def test_a_follow_up_in_the_future_says_how_far_off_it_is(tmp_path: Path) -> None:
+    config = tmp_path / "bridge.yaml"
+    config.write_text(
+        RULE_WITHOUT_NOTES
+        + "    follow_up: {after: 36h, status: lost, notes: 'unpaid {{ event.id }}'}\n"
+    )
+    payload = tmp_path / "event.json"
+    event = {"id": "evt_9", "type": "invoice.paid", "created": 4_102_444_800}  # 2100-01-01
+    event["data"] = {"object": {"metadata": {"account": "12", "lead": "34"}}}
+    payload.write_text(json.dumps(event))
+
+    [report] = dry_run_json("--source", "shop", payload, config=config)
+
+    follow_up = report["requests"][0]["follow_up"]
+    assert follow_up["body"] == {"status": "lost", "notes": "unpaid evt_9"}
+    assert follow_up["after_event_s"] == 36 * 3600
+    assert not follow_up["fires_at_once"]
+    # A time in the future is taken as the time of receipt (the source clamps it), so the
+    # follow-up is 36 h from now.
+    assert 36 * 3600 - 60 < follow_up["due_in_s"] <= 36 * 3600
 
 
 def test_text_output_says_why_nothing_would_be_sent() -> None:
