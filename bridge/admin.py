@@ -412,8 +412,8 @@ async def handle_replay(request: web.Request) -> web.Response:
     now = runtime.clock()
     result = await replay(runtime.store, runtime.bundle.rules, body, now)
     for changes in result.changes:
-        for name, fields in followups.log_lines(changes, now):
-            log.info(name, **fields)
+        for level, name, fields in followups.log_lines(changes, now):
+            getattr(log, level)(name, **fields)
     log.info("admin.replay", **result.as_json())
     _wake(runtime, result.transitions)
     return web.json_response({"ok": True, **result.as_json()})

@@ -148,11 +148,15 @@ def fields(entry: FollowUpEntry) -> dict[str, Any]:
     }
 
 
-def log_lines(changes: FollowUpChanges, now: float) -> list[tuple[str, dict[str, Any]]]:
-    """The `followup.scheduled` and `followup.cancelled` lines for what one write did."""
+def log_lines(changes: FollowUpChanges, now: float) -> list[tuple[str, str, dict[str, Any]]]:
+    """(level, event, fields) of the lines for what one write did: `followup.scheduled` at
+    debug (the webhook's own line counts them; `followups list` has the rest) and
+    `followup.cancelled` at info, with its cause."""
     lines = [
-        ("followup.scheduled", {**fields(e), "due_in": span(max(0.0, e.due_at - now))})
+        ("debug", "followup.scheduled", {**fields(e), "due_in": span(max(0.0, e.due_at - now))})
         for e in changes.scheduled
     ]
-    lines += [("followup.cancelled", {**fields(e), "cause": e.cause}) for e in changes.cancelled]
+    lines += [
+        ("info", "followup.cancelled", {**fields(e), "cause": e.cause}) for e in changes.cancelled
+    ]
     return lines

@@ -16,6 +16,7 @@ from bridge.errors import NotFound, PayloadTooLarge, RequestRejected, StorageErr
 from bridge.models import Outcome
 from bridge.runtime import RUNTIME, Runtime
 from bridge.sources.base import Answer, IngestSummary, Source, WebhookRequest, clamped
+from bridge.store.base import FollowUpChanges
 
 log = structlog.get_logger("bridge.ingest")
 
@@ -103,8 +104,8 @@ async def handle_webhook(request: web.Request) -> web.StreamResponse:
                 rule=problem.rule,
                 reason=problem.reason,
             )
-    for name, fields in followups.log_lines(result.followups, now):
-        log.info(name, **fields)
+    for level, name, fields in followups.log_lines(result.followups, now):
+        getattr(log, level)(name, **fields)
     for callback in runtime.on_stored:
         callback(result.transitions)
     log.info(
@@ -116,11 +117,18 @@ async def handle_webhook(request: web.Request) -> web.StreamResponse:
         bytes=size,
         duration_ms=round((time.perf_counter() - started) * 1000, 2),
         **clamped(events),
+        **_followups(result.followups),
     )
     _notify(runtime, key, "ok", 200)
     return _respond(
         source.acknowledge(IngestSummary(events=result.stored, duplicates=result.duplicates))
     )
+
+
+def _followups(changes: FollowUpChanges) -> dict[str, int]:
+    """The webhook line's follow-up counts, only when there are any."""
+    counts = {"followups": len(changes.scheduled), "followups_cancelled": len(changes.cancelled)}
+    return {k: v for k, v in counts.items() if v}
 
 
 def _notify(runtime: Runtime, source: str, reason: str, status: int) -> None:
