@@ -9,6 +9,7 @@ python -m bench reload [--rows 1000000] [--rate 200] [--runs 3] [--bridge-src DI
 python -m bench profile [--duration 12] [--against REV]   (needs py-spy; not in `all`)
 python -m bench console [--events 10000,100000] [--requests 300]
 python -m bench handover [--runs 3] [--ttl 6] [--idle 30] [--postgres DSN]
+python -m bench followups [--count 100000] [--runs 3] [--baseline-src DIR] [--postgres DSN]
 python -m bench all
 """
 
@@ -27,6 +28,7 @@ SCENARIOS = (
     "profile",
     "console",
     "handover",
+    "followups",
 )
 # `all`: every scenario with its defaults; delivery's rate accuracy at both limits.
 ALL: tuple[tuple[str, list[str]], ...] = (
@@ -40,6 +42,7 @@ ALL: tuple[tuple[str, list[str]], ...] = (
     ("reload", []),
     ("console", []),
     ("handover", []),
+    ("followups", []),
 )
 
 
