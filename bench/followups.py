@@ -15,11 +15,13 @@
    table's size on PostgreSQL (a schema of its own, dropped after).
 2. Ingest. CPU time per stored event of `SqliteStore.ingest` (one event per call, 16
    callers, group-committed, as the server's webhooks are), each run in a fresh process
-   on a copy of a prepared store, scenarios alternating: *none* (rules without follow-ups,
-   no follow-up stored), *waiting* (`count` scheduled on other leads), *cancelling* (each
-   event is newer than a scheduled follow-up of its lead and cancels it), *scheduling*
-   (each event schedules one). With --baseline-src DIR (e.g. `git archive fence bridge |
-   tar -x -C DIR`), *none* is also run on that code: the cost of the per-lead lookup itself.
+   on a copy of a prepared store, scenarios alternating: *empty* (an empty store, rules
+   without follow-ups), *none* (a store of `count` events, no follow-up), *waiting* (the
+   same with a follow-up scheduled for each; the new events are for other leads),
+   *cancelling* (each new event is newer than a scheduled follow-up of its lead and
+   cancels it), *scheduling* (the store of *none*; each new event schedules one). With
+   --baseline-src DIR (e.g. `git archive fence bridge | tar -x -C DIR`), *empty* also runs
+   on that code: what the per-lead lookup costs where no follow-up exists.
 
 3. `e2e [--concurrency 16] [--duration 10] [--runs 3] [--baseline-src DIR]`: the real
    server (`voxys-bridge serve`, SQLite, JSON logs at info, delivering at 50 req/s to a
@@ -57,7 +59,7 @@ DAY = 86400.0
 T0 = 1_800_000_000.0  # the events' time; "now" in the timings below is T0 + 1 h
 TOKEN = "bench-token"  # noqa: S105 - a throwaway token for a local fake
 CALLERS = 16
-SCENARIOS = ("none", "waiting", "cancelling", "scheduling")
+SCENARIOS = ("empty", "none", "waiting", "cancelling", "scheduling")
 CONFIG = """
 server: {{host: 127.0.0.1, port: {port}, shutdown_timeout: 5s}}
 storage: {{url: "sqlite:///{db}"}}
@@ -168,6 +170,31 @@ async def reads(url: str) -> dict[str, Any]:
     }
 
 
+def lookup_us(db: Path, count: int, calls: int = 20_000) -> float:
+    """µs of the follow-up side of storing one event's transition when none is scheduled
+    for its lead (`after_queued`: the per-lead index lookup), in a transaction rolled back."""
+    from bridge.store.sqlite import followups as f
+
+    conn = sqlite3.connect(db, isolation_level=None)
+    try:
+        conn.execute("BEGIN")
+        ops = [
+            (
+                f.EventRef(0, "bench", "x", T0),
+                [item(n, count + n + 1, follow_up=False, at=T0)[1].transitions[0]],
+            )
+            for n in range(calls)
+        ]
+        started = time.perf_counter()
+        for event, transitions in ops:
+            f.after_queued(conn, event, transitions, T0, f.Changes())
+        elapsed = time.perf_counter() - started
+        conn.execute("ROLLBACK")
+    finally:
+        conn.close()
+    return round(elapsed / calls * 1e6, 2)
+
+
 def plans(db: Path) -> dict[str, str]:
     conn = sqlite3.connect(db)
     try:
@@ -220,6 +247,7 @@ async def waiting(count: int, workdir: Path, postgres: str | None) -> dict[str, 
         db = workdir / f"{name}.db"
         stores[name] = {"fill_s": round(await fill(db, count, follow_ups=follow_ups), 1)}
         stores[name]["store_mb"] = round(disk_mb(db), 2)
+        stores[name]["lookup_us"] = lookup_us(db, count)
         shutil.copy(db, workdir / f"{name}-serve.db")  # the reads below fire 1,000
         stores[name].update(await reads(f"sqlite:///{db}"))
     fake = FakeVoxys(tokens=TOKEN)
@@ -281,7 +309,7 @@ async def ingest_worker(db: Path, scenario: str, count: int, events: int) -> dic
 
     if scenario == "cancelling":  # newer than, and on the leads of, the scheduled ones
         items = [item(count + n, n + 1, follow_up=False, at=T0 + 60) for n in range(events)]
-    else:  # on leads of their own
+    else:  # on leads of their own (the store has `count` events, or none for "empty")
         follow_up = scenario == "scheduling"
         items = [item(count + n, count + n + 1, follow_up=follow_up, at=T0) for n in range(events)]
     store = SqliteStore(db)
@@ -314,20 +342,23 @@ def run_worker(src: Path | None, db: Path, scenario: str, count: int, events: in
 
 
 async def ingest(count: int, events: int, runs: int, workdir: Path, baseline: Path | None) -> dict:
-    # Stores with scheduled follow-ups are copies of one filled here; the others start
-    # empty in the worker (so that other code creates its own schema).
-    scheduled = workdir / "t-scheduled.db"
-    await fill(scheduled, count, follow_ups=True)
-    plan = [("none", None), *((s, None) for s in SCENARIOS[1:])]
+    # Each run's store is a copy of one filled here (`count` events, with or without a
+    # follow-up each), or starts empty in the worker (so that other code makes its schema).
+    templates = {"with": workdir / "t-with.db", "without": workdir / "t-without.db"}
+    for name, path in templates.items():
+        await fill(path, count, follow_ups=name == "with")
+    plan = [(s, None) for s in SCENARIOS]
     if baseline is not None:
-        plan.insert(0, ("none (baseline code)", baseline))
+        plan.insert(0, ("empty (baseline code)", baseline))
     rows: dict[str, list[dict[str, float]]] = {name: [] for name, _ in plan}
     for run in range(runs):
         for name, src in plan:
             scenario = name.split(" ")[0]
             db = workdir / f"run-{run}-{scenario}.db"
             if scenario in ("waiting", "cancelling"):
-                shutil.copy(scheduled, db)
+                shutil.copy(templates["with"], db)
+            elif scenario in ("none", "scheduling"):
+                shutil.copy(templates["without"], db)
             rows[name].append(run_worker(src, db, scenario, count, events))
             for path in db.parent.glob(f"{db.name}*"):
                 path.unlink()
@@ -371,6 +402,7 @@ def table(result: dict[str, Any]) -> str:
         ("rss_mb_ready", "server RSS at ready (MB)"),
         ("rss_mb_idle", "server RSS after 5 s (MB)"),
         ("cpu_s_idle", "server CPU in those 5 s (s)"),
+        ("lookup_us", "cancel lookup per stored event (µs)"),
         ("claim_due_ms", "claim_due, nothing due (ms)"),
         ("fire_none_due_ms", "fire_followups, none due (ms)"),
         ("fire_per_followup_us", "firing 1,000 due, each (µs)"),
