@@ -226,8 +226,8 @@ def test_follow_up_notes_render_as_a_rules_notes_do(tmp_path: Path) -> None:
         ({"after": "{{ x", "status": "lost"}, "follow_up.after", "syntax error"),
         ({"after": "7d", "status": "{{ event._y }}"}, "follow_up.status", "starting with '_'"),
         ({"after": "7d", "status": "lost", "notes": "{{ nope }}"}, "follow_up.notes", "'nope'"),
-        ({"status": "lost"}, "follow_up.after", "Field required"),
-        ({"after": "7d"}, "follow_up.status", "Field required"),
+        ({"status": "lost"}, "follow_up.after", "required"),
+        ({"after": "7d"}, "follow_up.status", "required"),
         ({"after": "7d", "status": "lost", "when": "x"}, "follow_up.when", "unknown key"),
     ],
 )

@@ -25,7 +25,7 @@ from bridge.store.base import Store
 from bridge.store.sqlite import SqliteStore
 from bridge.store.sqlite.lease import SqliteLease
 
-TOKEN = "adm-secret-77f0"
+TOKEN = "adm-secret-77f0-9c3e"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 NOW = 1_714_564_800.0  # 2024-05-01T12:00:00Z
 DAY = 86400.0
@@ -38,7 +38,7 @@ def bundle(tmp_path: Path) -> Bundle:
         "voxys: {api_token: t, account_id: 7}\n"
         f"admin: {{token: {TOKEN}}}\n"
         f'storage: {{url: "sqlite:///{tmp_path / "b.db"}"}}\n'
-        "sources: {stripe: {preset: stripe, secret: whsec_test}}\n"
+        "sources: {stripe: {preset: stripe, secret: whsec_test_8d2f4a6c1e9b7035}}\n"
     )
     return load_bundle(path)
 
