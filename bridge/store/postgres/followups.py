@@ -81,7 +81,10 @@ async def after_queued(
     for t in transitions:
         first_rule.setdefault((t.account_id, t.lead_id), t.rule)
     for key, rule in first_rule.items():
-        waiting = [Scheduled(*row) for row in await conn.fetch(_OF_LEAD, *key)]
+        rows = await conn.fetch(_OF_LEAD, *key)
+        if not rows:  # most leads: one index probe, nothing more
+            continue
+        waiting = [Scheduled(*row) for row in rows]
         doomed = rules.cancelled_by_event(event.pk, event.occurred_at, waiting)
         if doomed:
             cause = rules.by_event(event.source, event.event_id, rule)
