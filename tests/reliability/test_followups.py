@@ -168,6 +168,7 @@ async def test_a_2s_follow_up_fires_once_after_a_sigkill_and_a_restart_in_betwee
     server = servers.make()
     server.start()
     await server.wait_healthy()
+    await _next_second()  # `created` is whole seconds: the whole 2 s are ahead
     created = int(time.time())
     due = created + AFTER_S
     due_on_the_fakes_clock = time.monotonic() + (due - time.time())
@@ -283,12 +284,19 @@ async def test_two_replicas_on_postgresql_fire_each_follow_up_once_across_a_lead
     await until(lambda: _has_leader(replicas), 10, "a leader")
     created = int(time.time())
     leads = list(range(1, 21))
-    for lead in leads:  # through both replicas
-        await post(replicas[lead % 2], "invoice.payment_failed", lead, f"evt_{lead}", created)
+    delay = 8  # seconds: room to post, see every snoozed PATCH and kill, on a busy machine
+    await asyncio.gather(
+        *(  # through both replicas
+            post(
+                replicas[n % 2], "customer.subscription.paused", n, f"evt_{n}", created, delay=delay
+            )
+            for n in leads
+        )
+    )
     await until(lambda: all(statuses(fake, n) for n in leads), 10, "every snoozed PATCH")
 
     leader = leader_of(replicas)
-    assert time.time() < created + AFTER_S, "too slow to kill before the follow-ups were due"
+    assert time.time() < created + delay, "too slow to kill before the follow-ups were due"
     leader.proc.send_signal(signal.SIGKILL)  # type: ignore[union-attr]
     leader.proc.wait()  # type: ignore[union-attr]
     leader.start()  # and back, so that both run when they fall due
@@ -301,6 +309,11 @@ async def test_two_replicas_on_postgresql_fire_each_follow_up_once_across_a_lead
     assert fired == len(leads)
     rows = await _pg_followups(pg_schema)
     assert rows == {"fired": len(leads)}
+
+
+async def _next_second() -> None:
+    """Wait for the wall clock's next whole second (a boundary, not a hope)."""
+    await asyncio.sleep(1 - time.time() % 1)
 
 
 def _has_leader(replicas: list[ServerProcess]) -> bool:
