@@ -171,23 +171,21 @@ async def reads(url: str) -> dict[str, Any]:
 
 
 def lookup_us(db: Path, count: int, calls: int = 20_000) -> float:
-    """µs of the follow-up side of storing one event's transition when none is scheduled
-    for its lead (`after_queued`: the per-lead index lookup), in a transaction rolled back."""
+    """µs of the follow-up side of storing one webhook's event when nothing is scheduled
+    for its lead (`after_stored` of a group of one: the lookup), in a transaction rolled
+    back."""
     from bridge.store.sqlite import followups as f
 
     conn = sqlite3.connect(db, isolation_level=None)
     try:
         conn.execute("BEGIN")
-        ops = [
-            (
-                f.EventRef(0, "bench", "x", T0),
-                [item(n, count + n + 1, follow_up=False, at=T0)[1].transitions[0]],
-            )
-            for n in range(calls)
-        ]
+        groups = []
+        for n in range(calls):
+            transition = item(n, count + n + 1, follow_up=False, at=T0)[1].transitions[0]
+            groups.append([[(f.EventRef(0, "bench", "x", T0), [transition])]])
         started = time.perf_counter()
-        for event, transitions in ops:
-            f.after_queued(conn, event, transitions, T0, f.Changes())
+        for group in groups:
+            f.after_stored(conn, group, [T0])
         elapsed = time.perf_counter() - started
         conn.execute("ROLLBACK")
     finally:

@@ -104,8 +104,10 @@ async def handle_webhook(request: web.Request) -> web.StreamResponse:
                 rule=problem.rule,
                 reason=problem.reason,
             )
-    for level, name, fields in followups.log_lines(result.followups, now):
-        getattr(log, level)(name, **fields)
+    changes = result.followups
+    if changes.scheduled or changes.cancelled:
+        for level, name, fields in followups.log_lines(changes, now):
+            getattr(log, level)(name, **fields)
     for callback in runtime.on_stored:
         callback(result.transitions)
     log.info(
@@ -117,7 +119,7 @@ async def handle_webhook(request: web.Request) -> web.StreamResponse:
         bytes=size,
         duration_ms=round((time.perf_counter() - started) * 1000, 2),
         **clamped(events),
-        **_followups(result.followups),
+        **_followups(changes),
     )
     _notify(runtime, key, "ok", 200)
     return _respond(
@@ -127,6 +129,8 @@ async def handle_webhook(request: web.Request) -> web.StreamResponse:
 
 def _followups(changes: FollowUpChanges) -> dict[str, int]:
     """The webhook line's follow-up counts, only when there are any."""
+    if not (changes.scheduled or changes.cancelled):
+        return {}
     counts = {"followups": len(changes.scheduled), "followups_cancelled": len(changes.cancelled)}
     return {k: v for k, v in counts.items() if v}
 
