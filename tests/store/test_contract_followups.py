@@ -168,6 +168,43 @@ async def test_within_one_group_of_events_the_newer_one_wins_whatever_the_arriva
     assert len(result.followups.cancelled) == 1
 
 
+async def test_one_ingest_of_events_for_several_leads_cancels_only_where_it_is_newer(
+    store: Store, events: Events
+) -> None:
+    for lead in (1, 2, 3):
+        await store.ingest([failed(events, lead_id=lead, at=T0)], T0)
+    batch = [
+        paid(events, at=T0 + 60, lead_id=1),  # newer: cancels
+        paid(events, at=T0 - 60, lead_id=2),  # older: does not
+        paid(events, at=T0 + 60, lead_id=4),  # a lead without any
+        failed(events, at=T0 + 120, lead_id=5),  # asks for one ...
+        paid(events, at=T0 + 180, lead_id=5),  # ... that a newer event beside it cancels
+    ]
+
+    result = await store.ingest(batch, T0 + 200)
+
+    assert sorted(e.lead_id for e in result.followups.cancelled) == [1, 5]
+    assert result.followups.scheduled == ()
+    waiting = await store.followups(state=FollowUpState.SCHEDULED)
+    assert sorted(e.lead_id for e in waiting) == [2, 3]
+
+
+async def test_concurrent_ingests_cancel_each_follow_up_they_are_newer_than(
+    store: Store, events: Events
+) -> None:
+    # Concurrent calls share one transaction on SQLite (group commit), not on PostgreSQL.
+    for lead in range(1, 21):
+        await store.ingest([failed(events, lead_id=lead, at=T0)], T0)
+
+    results = await asyncio.gather(
+        *(store.ingest([paid(events, at=T0 + 60, lead_id=n)], T0 + 60) for n in range(1, 21))
+    )
+
+    assert sum(len(r.followups.cancelled) for r in results) == 20
+    assert [len(r.followups.cancelled) for r in results] == [1] * 20
+    assert await store.followups(state=FollowUpState.SCHEDULED) == []
+
+
 async def test_an_event_as_old_as_the_follow_ups_stored_later_is_the_newer_one(
     store: Store, events: Events
 ) -> None:

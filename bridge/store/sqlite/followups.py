@@ -41,11 +41,16 @@ _OF_LEAD: Final = (
     "SELECT id, event_pk, occurred_at FROM followups"
     " WHERE account_id = ? AND lead_id = ? AND state = 'scheduled'"
 )
-# Which of a set of leads (`{values}`: `(?, ?)` per lead) have a scheduled follow-up.
+# Which of a set of leads (`{values}`: `(?, ?)` per lead) have a scheduled follow-up: a
+# probe of followups_lead per lead; for one lead (a lone webhook) the plain probe is cheaper.
 _WAITING: Final = (
-    "SELECT DISTINCT f.account_id, f.lead_id FROM (VALUES {values}) AS k"
+    "SELECT f.account_id, f.lead_id FROM (VALUES {values}) AS k"
     " JOIN followups f ON f.account_id = k.column1 AND f.lead_id = k.column2"
     " AND f.state = 'scheduled'"
+)
+_WAITING_ONE: Final = (
+    "SELECT account_id, lead_id FROM followups"
+    " WHERE account_id = ? AND lead_id = ? AND state = 'scheduled' LIMIT 1"
 )
 _NEWEST_OTHER: Final = (
     "SELECT t.occurred_at, e.source, e.event_id, t.rule"
@@ -106,6 +111,8 @@ def after_stored(
 
 
 def _waiting(conn: sqlite3.Connection, keys: list[LeadKey]) -> set[LeadKey]:
+    if len(keys) == 1:
+        return set(conn.execute(_WAITING_ONE, keys[0]).fetchall())
     found: set[LeadKey] = set()
     for start in range(0, len(keys), ROWS_PER_STATEMENT):
         chunk = keys[start : start + ROWS_PER_STATEMENT]
