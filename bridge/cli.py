@@ -9,7 +9,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import TextIO, TypeVar, cast
 
-from bridge import __version__, fakevoxys
+from bridge import __version__, sandbox
 from bridge.bundle import Bundle, load_bundle
 from bridge.errors import ConfigErrors, StartupError
 from bridge.output import EXIT_READER_GONE, ReaderAware
@@ -181,13 +181,11 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
     """A fake Voxys API on loopback: try rules without touching real leads."""
     import asyncio
 
-    from bridge import fakevoxys
-
     tokens = set(args.token or ["sandbox-token"])
     stop_when_reader_goes(signal.SIGINT)
     try:
         asyncio.run(
-            fakevoxys.run_sandbox(
+            sandbox.run_sandbox(
                 args.host,
                 args.port,
                 tokens,
@@ -297,7 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--seed-leads",
-        type=_arg(fakevoxys.parse_seed_leads),
+        type=_arg(sandbox.parse_seed_leads),
         default=None,
         metavar="ACCOUNT/LEAD,...",
         help="only these leads exist (others answer 404); default: every lead exists",
@@ -305,14 +303,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--latency", type=float, default=0.0, metavar="SECONDS")
     p.add_argument(
         "--rate-limit",
-        type=_arg(fakevoxys.parse_rate_limit),
+        type=_arg(sandbox.parse_rate_limit),
         default=None,
         metavar="REQUESTS/SECONDS",
         help="answer 429 with Retry-After beyond this rate, e.g. 10/1",
     )
     p.add_argument(
         "--fail",
-        type=_arg(fakevoxys.parse_failure),
+        type=_arg(sandbox.parse_failure),
         action="append",
         metavar="STATUS[:COUNT]",
         help="answer status changes with STATUS, COUNT times (then normally) or always "

@@ -1,7 +1,7 @@
 """A fake Voxys Connect lead-status endpoint over real HTTP, with fault injection.
 
-Used as the Voxys server in our tests and by `voxys-bridge sandbox` / `demo`, so rules can
-be tried without touching real leads. It speaks
+Used as the Voxys server in our tests and by `voxys-bridge sandbox` (bridge/sandbox.py) and
+`demo`, so rules can be tried without touching real leads. It speaks
 `PATCH /api/v1/accounts/{account_id}/leads/{id}/status`, and
 `GET /api/v1/accounts/{account_id}/leads` (what `check --online` asks; see
 shared/VOXYS_API.md).
@@ -38,12 +38,11 @@ import hashlib
 import json
 import math
 import random
-import sys
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, TextIO
+from typing import Any
 
 from aiohttp import web
 
@@ -437,90 +436,3 @@ async def _answer(handler: Handler, request: web.Request) -> web.StreamResponse:
 def _close(request: web.Request) -> None:
     if request.transport is not None:
         request.transport.close()
-
-
-def parse_seed_leads(text: str) -> list[tuple[int, int]]:
-    """Parse `1/42,1/43` (account/lead pairs) for `--seed-leads`."""
-    pairs = []
-    for item in filter(None, (part.strip() for part in text.split(","))):
-        account, sep, lead = item.partition("/")
-        if not sep or not account.isdigit() or not lead.isdigit():
-            raise ValueError(f"expected ACCOUNT/LEAD, got {item!r}")
-        pairs.append((int(account), int(lead)))
-    return pairs
-
-
-def parse_failure(text: str) -> tuple[int, int | None]:
-    """Parse `500:3` (status, how many times) or `422` (always) for `--fail`."""
-    status, sep, count = text.partition(":")
-    try:
-        parsed = (int(status), int(count) if sep else None)
-    except ValueError:
-        parsed = (0, None)
-    if not 400 <= parsed[0] <= 599 or (parsed[1] is not None and parsed[1] < 1):
-        raise ValueError(
-            f"expected STATUS[:COUNT] with STATUS 400-599 and COUNT >= 1, got {text!r}"
-        )
-    return parsed
-
-
-def parse_rate_limit(text: str) -> tuple[int, float]:
-    """Parse `10/1` (requests per seconds) for `--rate-limit`."""
-    requests, sep, seconds = text.partition("/")
-    try:
-        limit = (int(requests), float(seconds))
-    except ValueError:
-        limit = (0, 0.0)
-    if not sep or limit[0] < 1 or not limit[1] > 0:
-        raise ValueError(f"expected REQUESTS/SECONDS, got {text!r}")
-    return limit
-
-
-async def run_sandbox(
-    host: str,
-    port: int,
-    tokens: set[str] | str,
-    seed_leads: Iterable[tuple[int, int]] | None,
-    latency: float,
-    rate_limit: tuple[int, float] | None,
-    stream: TextIO | None = None,
-    as_json: bool = False,
-    failures: Iterable[tuple[int, int | None]] = (),
-) -> None:
-    """Serve a fake Voxys until cancelled; print the base URL, then one line per call.
-
-    `as_json`: each call as a JSON object (`at` is this process's monotonic clock when
-    the request arrived), for tests that check timing from outside the process.
-    """
-    out = sys.stdout if stream is None else stream
-    fake = FakeVoxys(tokens=tokens, seed_leads=seed_leads)
-    fake.latency = latency
-    fake.fail_rate_limit = rate_limit
-    for status, count in failures:
-        fake.fail_next(status, count)
-    render = call_json if as_json else describe
-    fake.on_call = lambda call: print(render(call), file=out, flush=True)
-    base_url = await fake.start(host, port)
-    print(f"voxys sandbox listening on {base_url}", file=out, flush=True)
-    try:
-        await asyncio.Event().wait()
-    finally:
-        await fake.stop()
-
-
-def call_json(call: Call) -> str:
-    """One call as a JSON line (the token itself is never kept, so never printed)."""
-    fields = ("at", "method", "path", "account_id", "lead_id", "status", "body", "dropped")
-    return json.dumps({name: getattr(call, name) for name in fields})
-
-
-def describe(call: Call) -> str:
-    """One line for a call: method, path, answer, and the status and notes it asked for."""
-    answered = "dropped" if call.dropped else str(call.status)
-    line = f"{call.method} {call.path} -> {answered}"
-    if call.body is not None:
-        notes = call.body.get("notes")
-        line += f" status={call.body.get('status')!r}"
-        if notes is not None:
-            line += f" notes={str(notes)[:80]!r}"
-    return line

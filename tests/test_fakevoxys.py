@@ -10,14 +10,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from bridge.fakevoxys import (
-    Answer,
-    FakeVoxys,
-    parse_rate_limit,
-    parse_seed_leads,
-    run_sandbox,
-    token_id,
-)
+from bridge.fakevoxys import Answer, FakeVoxys, token_id
+from bridge.sandbox import parse_rate_limit, parse_seed_leads, run_sandbox
 
 TOKEN = "voxys-token-fake-1"
 OTHER_TOKEN = "voxys-token-fake-2"

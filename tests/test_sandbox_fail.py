@@ -12,7 +12,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from bridge.fakevoxys import parse_failure
+from bridge.sandbox import parse_failure
 from tests.conftest import WriteConfig, free_port, stripe_event, stripe_headers
 from tests.test_cli_serve import SCRIPT, start_server
 from tests.test_replicas import Sandbox
