@@ -42,6 +42,7 @@ import structlog
 from aiohttp import web
 
 from bridge import followups
+from bridge.answers import Reply, Verdict, classify
 from bridge.config import RetryConfig
 from bridge.errors import LeaseLost, StorageError
 from bridge.lease import Term, Timing, holder_name
@@ -49,7 +50,7 @@ from bridge.pauses import AuthPauses
 from bridge.retry import Action, Decision, decide, refused_reason
 from bridge.runtime import RUNTIME, Runtime
 from bridge.store.base import Backend, Lease, Listening, QueuedTransition, Wakeup
-from bridge.voxys import Reply, Verdict, VoxysClient, classify
+from bridge.voxys import VoxysClient
 
 log = structlog.get_logger("bridge.delivery")
 

@@ -10,9 +10,9 @@ import random
 from dataclasses import dataclass
 from enum import StrEnum
 
+from bridge.answers import Reply, Verdict, classify
 from bridge.config import RetryConfig
 from bridge.store.base import QueuedTransition
-from bridge.voxys import Reply, Verdict, classify
 
 
 class Action(StrEnum):

@@ -1,4 +1,6 @@
-"""The Voxys Connect client: one pooled session, a paced rate limit, one status -> verdict map.
+"""The Voxys Connect client: one pooled session and a paced rate limit.
+
+What an answer means (its verdict, Retry-After) is bridge/answers.py, which needs no aiohttp.
 
 Rate limit. Voxys must never see more than `requests` calls in *any* window of
 `per_seconds` - we cannot know how it counts. A token bucket sized to the full rate
@@ -18,12 +20,10 @@ configured rate) and recovers by a tenth of the configured rate per window witho
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from enum import StrEnum
 from typing import Any, Final
 
 import aiohttp
@@ -31,6 +31,7 @@ import structlog
 from aiolimiter import AsyncLimiter
 
 from bridge import __version__
+from bridge.answers import NotSent, Reply, error_message, parse_retry_after, status_path
 from bridge.config import RateLimit, VoxysConfig
 from bridge.models import LeadStatus
 
@@ -45,98 +46,9 @@ BURST: Final = 2
 # many into a window; over a 1 s window it costs ~1.5% of the rate.
 ARRIVAL_JITTER_S: Final = 0.015
 MIN_RATE_FRACTION: Final = 1 / 64
-MAX_MESSAGE: Final = 300  # characters of a response body kept as a dead letter's reason
-MAX_RETRY_AFTER_S: Final = 3600.0
-
-
-class Verdict(StrEnum):
-    """What one answer from Voxys means for the transition that was sent."""
-
-    DELIVERED = "delivered"  # 2xx
-    RETRY = "retry"  # 408, 425, 5xx, timeout, connection error
-    THROTTLED = "throttled"  # 429: does not use up an attempt
-    REFUSED = "refused"  # 401, 403: pause the token, keep the queue
-    NOT_FOUND = "not_found"  # 404: the lead may not exist yet
-    REJECTED = "rejected"  # 400, 409, 422 and any other status: dead letter at once
-
-
-@dataclass(frozen=True, slots=True)
-class Reply:
-    """One attempt's result: an HTTP answer or the error that stood in for one."""
-
-    status: int | None
-    latency_s: float
-    retry_after: float | None = None  # seconds from now, from a Retry-After header
-    message: str | None = None  # short text from the body, safe to log
-    error: str | None = None  # timeout / connection error, when no answer came
-    sent: bool = True  # False: held back before a byte left (the lease fence); no attempt
-
-
-class NotSent(Exception):
-    """Raised inside the request, just before it is written, when the fence says stop."""
 
 
 Fence = Callable[[], bool]  # True while this process may still send (bridge.lease.Term.valid)
-
-
-def classify(reply: Reply) -> Verdict:
-    """The one place an answer from Voxys becomes a verdict."""
-    status = reply.status
-    if status is None:
-        return Verdict.RETRY
-    if 200 <= status < 300:
-        return Verdict.DELIVERED
-    if status == 429:
-        return Verdict.THROTTLED
-    if status in (408, 425) or status >= 500:
-        return Verdict.RETRY
-    if status in (401, 403):
-        return Verdict.REFUSED
-    if status == 404:
-        return Verdict.NOT_FOUND
-    return Verdict.REJECTED
-
-
-def parse_retry_after(value: str | None, now: float) -> float | None:
-    """Seconds to wait from a Retry-After header (delta-seconds or HTTP date), capped at 1 h."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return min(float(value), MAX_RETRY_AFTER_S)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        return None
-    return min(max(0.0, when.timestamp() - now), MAX_RETRY_AFTER_S)
-
-
-def status_path(account_id: int, lead_id: int) -> str:
-    """The endpoint's path, from validated integers only (never from raw text)."""
-    for name, value in (("account_id", account_id), ("lead_id", lead_id)):
-        if type(value) is not int or value <= 0:
-            raise ValueError(f"{name} must be a positive integer, not {value!r}")
-    return f"/api/v1/accounts/{account_id}/leads/{lead_id}/status"
-
-
-def _message(body: bytes) -> str | None:
-    """A short, single-line text from an error body (its `message`/`error` when JSON)."""
-    text = body.decode("utf-8", "replace").strip()
-    if not text:
-        return None
-    try:
-        doc = json.loads(text)
-    except ValueError:
-        doc = None
-    if isinstance(doc, dict):
-        for key in ("message", "error", "errors"):
-            if key in doc:
-                text = json.dumps(doc[key]) if not isinstance(doc[key], str) else doc[key]
-                break
-    text = " ".join(text.split())
-    return text[:MAX_MESSAGE]
 
 
 class SendLog:
@@ -378,7 +290,7 @@ class VoxysClient:
                     status=resp.status,
                     latency_s=latency,
                     retry_after=retry_after,
-                    message=None if ok else _message(raw) or resp.reason,
+                    message=None if ok else error_message(raw) or resp.reason,
                 )
         except NotSent:
             return Reply(None, 0.0, error="not sent: delivery lease expired", sent=False)

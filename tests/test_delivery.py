@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import structlog
 
+from bridge.answers import Reply, Verdict, classify, parse_retry_after
 from bridge.bundle import load_bundle
 from bridge.config import RateLimit, RetryConfig
 from bridge.delivery import Deliverer
@@ -26,16 +27,7 @@ from bridge.store.base import Backend, QueuedTransition
 from bridge.store.sqlite import SqliteStore
 from bridge.store.sqlite.lease import SqliteLease
 from bridge.store.sqlite.wakeup import Private
-from bridge.voxys import (
-    PACE_MARGIN,
-    Pacer,
-    Reply,
-    SendLog,
-    Verdict,
-    VoxysClient,
-    classify,
-    parse_retry_after,
-)
+from bridge.voxys import PACE_MARGIN, Pacer, SendLog, VoxysClient
 from tests.conftest import VOXYS_TOKEN, WriteConfig
 
 NOW = 1_700_000_000.0
