@@ -401,7 +401,7 @@ class Deliverer:
             ):
                 return
             metrics.settled("delivered")
-            self.client.pacer.succeeded()
+            self.client.pacer.react(decision.pacing)
             log.info(
                 "transition.delivered",
                 attempt=attempt,
@@ -431,12 +431,7 @@ class Deliverer:
         else:
             assert decision.next_attempt_at is not None
             next_at = decision.next_attempt_at
-            if classify(reply) is Verdict.THROTTLED:
-                self.client.pacer.throttled()
-                if reply.retry_after is not None:
-                    self.client.pacer.pause_until(time.monotonic() + reply.retry_after)
-            elif reply.retry_after is not None and reply.status == 503:
-                self.client.pacer.pause_until(time.monotonic() + reply.retry_after)
+            self.client.pacer.react(decision.pacing)
             if not await self._settle(
                 "schedule_retry",
                 lambda: store.schedule_retry(

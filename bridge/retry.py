@@ -1,7 +1,9 @@
 """Retry decisions, the pure core of delivery: what happens after one attempt.
 
 No I/O and no clock of its own: the transition's history, the answer, the time and the
-random source come in as arguments, so every rule here is a plain function test.
+random source come in as arguments, so every rule here is a plain function test. A
+decision covers the transition (delivered, retry, dead, pause) and the pace of every
+request after it (`Pacing`); the worker only carries it out.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Final
 
 from bridge.answers import Reply, Verdict, classify
 from bridge.config import RetryConfig
@@ -23,12 +26,25 @@ class Action(StrEnum):
 
 
 @dataclass(frozen=True, slots=True)
+class Pacing:
+    """What one answer means for the pace of all requests (bridge.voxys.Pacer.react)."""
+
+    slow_down: bool = False  # a 429 although we kept to the pace: halve it
+    pause_s: float | None = None  # a 429's or 503's Retry-After: send nothing for this long
+    recover: bool = False  # delivered: win back some rate after a window free of 429s
+
+
+KEEP_PACE: Final = Pacing()
+
+
+@dataclass(frozen=True, slots=True)
 class Decision:
     action: Action
     next_attempt_at: float | None = None
     counts: bool = True  # the attempt uses up one of retry.max_attempts
     not_found: bool = False
     reason: str | None = None
+    pacing: Pacing = KEEP_PACE
 
 
 def backoff(attempt: int, retry: RetryConfig, rng: random.Random) -> float:
@@ -62,7 +78,7 @@ def decide(
     """What to do after one attempt. Pure: time and randomness come in as arguments."""
     verdict = classify(reply)
     if verdict is Verdict.DELIVERED:
-        return Decision(Action.DELIVERED)
+        return Decision(Action.DELIVERED, pacing=Pacing(recover=True))
     attempts = transition.attempts + 1  # counting this one
     too_old = now - transition.created_at >= retry.max_age
     if verdict is Verdict.REFUSED:
@@ -92,7 +108,11 @@ def decide(
             return Decision(Action.DEAD, reason=f"gave up after {retry.max_age:g} s: throttled")
         wait = reply.retry_after if reply.retry_after is not None else retry.backoff.initial
         return Decision(
-            Action.RETRY, next_attempt_at=now + wait, counts=False, reason=describe(reply)
+            Action.RETRY,
+            next_attempt_at=now + wait,
+            counts=False,
+            reason=describe(reply),
+            pacing=Pacing(slow_down=True, pause_s=reply.retry_after),
         )
     # Verdict.RETRY: 408, 425, 5xx, timeout, connection error.
     if attempts >= retry.max_attempts:
@@ -100,6 +120,9 @@ def decide(
     if too_old:
         return Decision(Action.DEAD, reason=f"gave up after {retry.max_age:g} s: {describe(reply)}")
     wait = backoff(attempts, retry, rng)
+    pacing = KEEP_PACE
     if reply.retry_after is not None:
         wait = max(wait, reply.retry_after)
-    return Decision(Action.RETRY, next_attempt_at=now + wait, reason=describe(reply))
+        if reply.status == 503:  # the service asks every request to wait, not just this one
+            pacing = Pacing(pause_s=reply.retry_after)
+    return Decision(Action.RETRY, next_attempt_at=now + wait, reason=describe(reply), pacing=pacing)

@@ -1,11 +1,11 @@
-"""Delivery: what each answer from Voxys leads to, and the worker against a fake Voxys server."""
+"""The delivery worker against a fake Voxys server: claims, sends, retries, pauses, fences.
+
+What each answer leads to is tests/test_retry.py; the pace, tests/test_pacing.py."""
 
 from __future__ import annotations
 
 import asyncio
-import random
 import sqlite3
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -13,168 +13,21 @@ from typing import Any
 import pytest
 import structlog
 
-from bridge.answers import Reply, Verdict, classify, parse_retry_after
 from bridge.bundle import load_bundle
-from bridge.config import RateLimit, RetryConfig
 from bridge.delivery import Deliverer
-from bridge.fakevoxys import Answer, FakeVoxys, max_in_window
+from bridge.fakevoxys import Answer, FakeVoxys
 from bridge.lease import Term, Timing, take_free
 from bridge.models import Evaluation, Event, LeadStatus, Outcome, Transition
 from bridge.pauses import AuthPauses
-from bridge.retry import Action, backoff, decide
 from bridge.runtime import Runtime
-from bridge.store.base import Backend, QueuedTransition
+from bridge.store.base import Backend
 from bridge.store.sqlite import SqliteStore
 from bridge.store.sqlite.lease import SqliteLease
 from bridge.store.sqlite.wakeup import Private
-from bridge.voxys import PACE_MARGIN, Pacer, SendLog, VoxysClient
+from bridge.voxys import VoxysClient
 from tests.conftest import VOXYS_TOKEN, WriteConfig
 
 NOW = 1_700_000_000.0
-RETRY = RetryConfig.model_validate(
-    {
-        "max_attempts": 5,
-        "max_age": "1h",
-        "backoff": {"initial": "1s", "max": "60s"},
-        "not_found": {"attempts": 3, "backoff": "5m"},
-    }
-)
-
-
-def queued(attempts: int = 0, not_found: int = 0, created_at: float = NOW) -> QueuedTransition:
-    return QueuedTransition(
-        id=1,
-        source="stripe",
-        event_id="evt_1",
-        rule="r",
-        account_id=7,
-        lead_id=42,
-        status=LeadStatus.WON,
-        notes=None,
-        occurred_at=created_at,
-        created_at=created_at,
-        attempts=attempts,
-        not_found_attempts=not_found,
-    )
-
-
-def reply(status: int | None, **kw: Any) -> Reply:
-    return Reply(status=status, latency_s=0.01, **kw)
-
-
-def run_decide(t: QueuedTransition, r: Reply, now: float = NOW) -> Any:
-    return decide(t, r, now=now, retry=RETRY, rng=random.Random(1))
-
-
-# --- the one status -> verdict map ------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("status", "verdict"),
-    [
-        (200, Verdict.DELIVERED),
-        (204, Verdict.DELIVERED),
-        (408, Verdict.RETRY),
-        (425, Verdict.RETRY),
-        (500, Verdict.RETRY),
-        (503, Verdict.RETRY),
-        (None, Verdict.RETRY),
-        (429, Verdict.THROTTLED),
-        (401, Verdict.REFUSED),
-        (403, Verdict.REFUSED),
-        (404, Verdict.NOT_FOUND),
-        (400, Verdict.REJECTED),
-        (409, Verdict.REJECTED),
-        (422, Verdict.REJECTED),
-        (418, Verdict.REJECTED),
-        (302, Verdict.REJECTED),
-    ],
-)
-def test_each_status_has_one_verdict(status: int | None, verdict: Verdict) -> None:
-    assert classify(reply(status)) is verdict
-
-
-def test_retry_after_is_read_as_seconds_or_http_date_and_capped() -> None:
-    assert parse_retry_after("7", NOW) == 7.0
-    assert parse_retry_after("Tue, 14 Nov 2023 22:13:40 GMT", NOW) == 20.0
-    assert parse_retry_after("Tue, 14 Nov 2023 22:00:00 GMT", NOW) == 0.0  # in the past
-    assert parse_retry_after("999999", NOW) == 3600.0
-    assert parse_retry_after("soon", NOW) is None
-    assert parse_retry_after(None, NOW) is None
-
-
-# --- decisions --------------------------------------------------------------------------
-
-
-def test_a_2xx_delivers() -> None:
-    assert run_decide(queued(), reply(200)).action is Action.DELIVERED
-
-
-def test_a_refused_token_pauses_without_using_an_attempt() -> None:
-    d = run_decide(queued(), reply(401))
-    assert (d.action, d.counts) == (Action.PAUSE, False)
-
-
-def test_a_refused_transition_past_max_age_is_dead_with_the_account_in_its_reason() -> None:
-    d = run_decide(queued(created_at=NOW - 3601), reply(403, message="Forbidden"))
-    assert d.action is Action.DEAD
-    assert d.reason == "token refused for account 7 (HTTP 403: Forbidden)"
-
-
-def test_a_validation_error_is_dead_at_once_with_the_message() -> None:
-    d = run_decide(queued(), reply(422, message="Status is not included in the list"))
-    assert d.action is Action.DEAD
-    assert d.reason == "HTTP 422: Status is not included in the list"
-
-
-def test_a_server_error_retries_with_backoff_within_the_bounds() -> None:
-    d = run_decide(queued(attempts=2), reply(500))
-    assert d.action is Action.RETRY
-    assert d.counts
-    assert NOW + 1 <= d.next_attempt_at <= NOW + 8  # third attempt: cap 1 s * 2^2
-
-
-def test_backoff_never_exceeds_the_maximum_nor_falls_below_the_initial() -> None:
-    rng = random.Random(3)
-    delays = [backoff(n, RETRY, rng) for n in range(1, 80) for _ in range(20)]
-    assert min(delays) >= 1.0
-    assert max(delays) <= 60.0
-    assert max(delays) > 30.0  # the cap is actually reached
-
-
-def test_the_last_allowed_attempt_dead_letters() -> None:
-    d = run_decide(queued(attempts=4), reply(None, error="timeout"))
-    assert d.action is Action.DEAD
-    assert d.reason == "gave up after 5 attempts: timeout"
-
-
-def test_a_transition_older_than_max_age_is_dead_on_its_next_failure() -> None:
-    d = run_decide(queued(created_at=NOW - 3601), reply(503))
-    assert d.action is Action.DEAD
-    assert "3600" in (d.reason or "")
-
-
-def test_retry_after_on_a_server_error_is_honoured_as_a_minimum() -> None:
-    d = run_decide(queued(), reply(503, retry_after=120.0))
-    assert d.next_attempt_at == NOW + 120.0
-
-
-def test_a_429_does_not_use_up_an_attempt_and_waits_its_retry_after() -> None:
-    d = run_decide(queued(attempts=4), reply(429, retry_after=30.0))
-    assert (d.action, d.counts, d.next_attempt_at) == (Action.RETRY, False, NOW + 30.0)
-
-
-def test_a_404_retries_per_not_found_then_dead_letters() -> None:
-    first = run_decide(queued(), reply(404))
-    assert (first.action, first.not_found, first.next_attempt_at) == (
-        Action.RETRY,
-        True,
-        NOW + 300,
-    )
-    last = run_decide(queued(attempts=2, not_found=2), reply(404))
-    assert last.action is Action.DEAD
-    assert last.reason is not None
-    assert last.reason.startswith("lead not found after 3 attempts")
 
 
 # --- the worker against a fake Voxys server ---------------------------------------------
@@ -407,71 +260,6 @@ async def test_a_429_with_retry_after_pauses_the_token_without_using_an_attempt(
     assert (entry.state, entry.attempts, entry.next_attempt_at) == ("pending", 0, NOW + 120)
 
 
-async def test_the_pacer_never_exceeds_the_limit_in_any_window_yet_keeps_up_with_it() -> None:
-    pacer = Pacer(RateLimit(requests=20, per_seconds=0.5))
-    sent: list[float] = []
-
-    async def send(n: int) -> None:
-        for _ in range(n):
-            await pacer.acquire()
-            await pacer.commit()
-            sent.append(time.monotonic())
-
-    await asyncio.gather(*(send(10) for _ in range(6)))  # a backlog of 60, 6 senders
-    assert max_in_window(sent, 0.5) <= 20
-    achieved = (len(sent) - 1) / (sent[-1] - sent[0])
-    assert achieved >= 0.9 * 40  # the limit is 40/s
-
-
-async def test_after_an_idle_spell_the_pacer_does_not_let_a_burst_through() -> None:
-    pacer = Pacer(RateLimit(requests=10, per_seconds=0.3))
-    sent: list[float] = []
-    for _ in range(10):
-        await pacer.acquire()
-        await pacer.commit()
-        sent.append(time.monotonic())
-    await asyncio.sleep(0.35)  # idle: a full-size token bucket would refill here
-    for _ in range(10):
-        await pacer.acquire()
-        await pacer.commit()
-        sent.append(time.monotonic())
-    assert max_in_window(sent, 0.3) <= 10
-
-
-async def test_a_request_whose_connection_came_late_still_fits_the_window() -> None:
-    # Paced, then held up opening a connection, while later ones went out on pooled
-    # connections: the window is counted when each one actually leaves (commit).
-    pacer = Pacer(RateLimit(requests=5, per_seconds=0.3))
-    sent: list[float] = []
-
-    async def prompt() -> None:
-        await pacer.acquire()
-        await pacer.commit()
-        sent.append(time.monotonic())
-
-    await pacer.acquire()  # the late one is paced first ...
-    prompts = asyncio.gather(*(prompt() for _ in range(9)))
-    await asyncio.sleep(0.35)  # ... then its connection takes longer than a window
-    await pacer.commit()
-    sent.append(time.monotonic())
-    await prompts
-    assert max_in_window(sent, 0.3) <= 5
-
-
-async def test_a_429_halves_the_pace_and_successes_win_it_back() -> None:
-    now = [0.0]
-    pacer = Pacer(RateLimit(requests=10, per_seconds=1), clock=lambda: now[0])
-    assert pacer.interval == pytest.approx(0.1 * PACE_MARGIN)
-    pacer.throttled()
-    assert pacer.interval == pytest.approx(0.2 * PACE_MARGIN)
-    now[0] += 0.5
-    pacer.succeeded()  # within a window of the decrease: no change yet
-    assert pacer.interval == pytest.approx(0.2 * PACE_MARGIN)
-    now[0] += 1.0
-    pacer.succeeded()
-    assert pacer.fraction == pytest.approx(0.6)
-
-
 # --- the lease fence and settles that cannot be lost ----------------------------------
 
 
@@ -534,35 +322,3 @@ async def test_an_answer_the_store_cannot_record_yet_is_recorded_once_it_can(
         # (the line is logged once the store has answered, so it may follow the state)
         await h.until(lambda: any(e["event"] == "delivery.settle_recovered" for e in logs))
     assert len(h.fake.calls) == 1
-
-
-# --- the send log: the rate window's arithmetic (pure) -------------------------------------
-
-
-def test_the_send_log_lets_a_request_through_only_once_the_oldest_in_the_window_left() -> None:
-    log = SendLog(requests=3, window=1.0)
-    for t in (0.0, 0.2, 0.4):
-        assert log.wait(t) == 0.0
-        log.sent(t)
-    assert log.wait(0.5) == pytest.approx(0.5)  # until 0.0 + 1.0
-    assert log.wait(1.0) == 0.0
-
-
-def test_a_request_written_late_counts_from_when_it_was_written() -> None:
-    # Given a request stamped at commit, whose headers the loaded loop wrote 0.3 s later,
-    log = SendLog(requests=2, window=1.0)
-    first = log.sent(0.0)
-    log.sent(0.1)
-    SendLog.written(first, 0.3)
-    # then the window is full until the earlier of the two real departures leaves,
-    assert log.wait(1.05) == pytest.approx(0.05)  # 0.1 + 1.0 - 1.05
-    log.sent(1.1)
-    # and the late one holds the next request back by its written time, not its stamp.
-    assert log.wait(1.2) == pytest.approx(0.1)  # 0.3 + 1.0 - 1.2
-
-
-def test_a_stamp_never_moves_back() -> None:
-    log = SendLog(requests=1, window=1.0)
-    stamp = log.sent(5.0)
-    SendLog.written(stamp, 4.0)
-    assert log.last() == 5.0

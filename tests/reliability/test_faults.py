@@ -23,11 +23,12 @@ from bridge.delivery import Deliverer
 from bridge.fakevoxys import Answer, FakeVoxys
 from bridge.lease import take_free
 from bridge.models import Evaluation, Event, LeadStatus, Outcome, Transition
+from bridge.pacing import PACE_MARGIN
 from bridge.pauses import AuthPauses
 from bridge.runtime import Runtime
 from bridge.store.sqlite import SqliteStore
 from bridge.store.sqlite.lease import SqliteLease
-from bridge.voxys import PACE_MARGIN, VoxysClient
+from bridge.voxys import VoxysClient
 from tests.reliability.conftest import VOXYS_TOKEN, bridge_config, write_yaml
 
 pytestmark = [pytest.mark.reliability, pytest.mark.timeout(60)]
