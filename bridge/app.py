@@ -1,23 +1,34 @@
-"""create_app: routes, health, and the resources whose lifetime is the server's."""
+"""The running application, put together in one place: routes, health, and the resources
+whose lifetime is the server's (`build_app`: a bundle and its resources in, an app out)."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 import structlog
 from aiohttp import web
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from bridge.admin import mount as mount_admin
+from bridge.bundle import Bundle
 from bridge.console import mount as mount_console
+from bridge.delivery import delivery_hook
 from bridge.errors import StorageError
 from bridge.ingest import handle_webhook
-from bridge.metrics import METRICS, handle_metrics
+from bridge.lease import Timing
+from bridge.reload import reload_hook
 from bridge.runtime import RUNTIME, Runtime
+from bridge.store.base import Backend
+from bridge.voxys import VoxysClient
 
 log = structlog.get_logger("bridge.app")
 
 Hook = Callable[[web.Application], AsyncIterator[None]]
+
+PURGE_EVERY_S = 3600.0
 
 # Limits on what a client may send before its request is even read (aiohttp's parser).
 # Chosen, not inherited: webhook senders send a few small headers; anything bigger is
@@ -57,13 +68,22 @@ async def readyz(request: web.Request) -> web.Response:
     )
 
 
+async def handle_metrics(request: web.Request) -> web.Response:
+    """GET /metrics: refresh the store gauges, then expose everything."""
+    runtime = request.app[RUNTIME]
+    now = runtime.clock()
+    runtime.metrics.update_from(await runtime.store.stats(now), now)
+    resp = web.Response(body=runtime.metrics.render())
+    resp.content_type = CONTENT_TYPE_LATEST.split(";")[0]
+    return resp
+
+
 def create_app(runtime: Runtime, *, hooks: Sequence[Hook] = ()) -> web.Application:
     """The bridge's web application. `hooks` are cleanup contexts run after the store opens."""
     app = web.Application(
         client_max_size=runtime.bundle.config.server.max_body_bytes, handler_args=HTTP_LIMITS
     )
     app[RUNTIME] = runtime
-    app[METRICS] = runtime.metrics
 
     async def store_ctx(app: web.Application) -> AsyncIterator[None]:
         await runtime.store.open()
@@ -88,3 +108,38 @@ def create_app(runtime: Runtime, *, hooks: Sequence[Hook] = ()) -> web.Applicati
     mount_console(app, runtime)  # before /admin: its prefix would take /admin/ui/ too
     mount_admin(app, runtime)
     return app
+
+
+def build_app(
+    bundle: Bundle,
+    backend: Backend,
+    *,
+    client: VoxysClient | None = None,
+    clock: Callable[[], float] = time.time,
+) -> tuple[web.Application, Runtime]:
+    """The app `serve` and `demo` run, from a bundle and its resources: the store backend,
+    the Voxys client (one from `bundle` when None) and the clock."""
+    runtime = Runtime(bundle=bundle, store=backend.store, clock=clock)
+    client = client or VoxysClient(bundle.config.voxys)
+    timing = Timing(ttl=bundle.config.storage.lease_ttl)
+    hooks: list[Hook] = [retention_hook, reload_hook, delivery_hook(backend, client, timing)]
+    return create_app(runtime, hooks=hooks), runtime
+
+
+async def retention_hook(app: web.Application) -> AsyncIterator[None]:
+    """Delete settled events older than storage.retention, hourly (a supervised task)."""
+    runtime = app[RUNTIME]
+
+    async def loop() -> None:
+        while True:
+            retention = runtime.bundle.config.storage.retention
+            try:
+                purged = await runtime.store.purge(runtime.clock() - retention)
+                if purged:
+                    log.info("storage.purged", events=purged)
+            except StorageError as exc:
+                log.error("storage.purge_failed", error=str(exc))
+            await asyncio.sleep(PURGE_EVERY_S)
+
+    runtime.supervisor.start("retention", loop)
+    yield

@@ -90,16 +90,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     stop_when_reader_goes(signal.SIGTERM)  # a graceful stop
     try:
-        return serve(bundle, config_path=args.config)
+        return serve(bundle)
     except StartupError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
 
 
 def cmd_dry_run(args: argparse.Namespace) -> int:
+    bundle = _load(args.config, sys.stderr, for_dry_run=True)
+    if bundle is None:
+        return 2
     from bridge import dryrun
 
-    return dryrun.run(args.config, args.source, args.payload, args.header, args.json, sys.stdout)
+    return dryrun.run(bundle, args.source, args.payload, args.header, args.json, sys.stdout)
 
 
 def cmd_healthcheck(args: argparse.Namespace) -> int:
@@ -165,9 +168,12 @@ def cmd_backup(args: argparse.Namespace) -> int:
 
 
 def cmd_send(args: argparse.Namespace) -> int:
+    bundle = _load(args.config, sys.stderr)
+    if bundle is None:
+        return 2
     from bridge import send
 
-    return send.run(args.config, args.source, args.payload, args.url, sys.stdout, sys.stderr)
+    return send.run(bundle, args.source, args.payload, args.url, sys.stdout, sys.stderr)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

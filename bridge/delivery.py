@@ -645,19 +645,16 @@ class _Outage:
         self.happened.set()
 
 
-LEADER = web.AppKey("leader", Leader)
-
-
 def delivery_hook(
-    backend: Backend, timing: Timing
+    backend: Backend, client: VoxysClient, timing: Timing
 ) -> Callable[[web.Application], AsyncIterator[None]]:
     """A cleanup context that delivers for the server's lifetime when holding the lease."""
 
     async def hook(app: web.Application) -> AsyncIterator[None]:
         runtime = app[RUNTIME]
-        client = VoxysClient(runtime.bundle.config.voxys)
         await client.start()
-        leader = app[LEADER] = Leader(runtime, client, backend.lease, backend.wakeup, timing=timing)
+        runtime.delivery.pace = client.pacer.pace  # what the console shows
+        leader = Leader(runtime, client, backend.lease, backend.wakeup, timing=timing)
 
         def publish(_count: int) -> None:
             if leader.deliverer is None:  # delivering here: the in-process wake-up suffices

@@ -34,11 +34,12 @@ from aiohttp import web
 
 import bridge
 from bridge import logs
+from bridge.app import build_app
 from bridge.bundle import Bundle, load_bundle
 from bridge.errors import ConfigErrors
 from bridge.fakevoxys import Call, FakeVoxys
 from bridge.runtime import Runtime
-from bridge.serve import build
+from bridge.store import open_backend
 
 SETTLE_TIMEOUT_S = 60.0
 DEMO_CONFIG = Path("examples") / "all-providers.yaml"
@@ -231,7 +232,7 @@ async def run_demo(project: Path, out: TextIO, *, keep: bool) -> int:
             await sandbox.stop()
             return 2
         logs.configure(level="warning", fmt="json", secrets=bundle.secrets())
-        app, runtime = build(bundle, config_path=str(config_path))
+        app, runtime = build_app(bundle, open_backend(bundle.config.storage.url))
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         await web.TCPSite(runner, "127.0.0.1", port).start()

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from bridge import followups
-from bridge.cli import _load
+from bridge.bundle import Bundle
 from bridge.errors import RequestRejected
 from bridge.models import Evaluation, Event, FollowUp, Transition
 from bridge.sources.base import WebhookRequest
@@ -31,7 +31,7 @@ class DryRunError(Exception):
 
 
 def run(
-    config_path: str,
+    bundle: Bundle,
     source_key: str,
     payload_path: str,
     header_args: Sequence[str],
@@ -41,11 +41,10 @@ def run(
     err: TextIO | None = None,
     clock: Callable[[], float] = time.time,
 ) -> int:
-    """Print what the rules make of one payload file; 0 when it ran, 2 on bad input."""
+    """Print what the rules make of one payload file; 0 when it ran, 2 on bad input.
+
+    `bundle` is loaded for a dry run (`load_bundle(..., for_dry_run=True)`)."""
     err = sys.stderr if err is None else err
-    bundle = _load(config_path, err, for_dry_run=True)
-    if bundle is None:
-        return 2
     try:
         source = bundle.sources.get(source_key)
         if source is None:

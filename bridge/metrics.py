@@ -7,9 +7,7 @@ hostile sender cannot grow the number of series.
 
 from __future__ import annotations
 
-from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from bridge import __version__
 from bridge.models import Evaluation
@@ -140,20 +138,5 @@ class Metrics:
         self.followups_overdue.set(0.0 if due is None else max(0.0, now - due))
 
     def render(self) -> bytes:
+        """Every metric in Prometheus's text format."""
         return generate_latest(self.registry)
-
-
-METRICS = web.AppKey("metrics", Metrics)
-
-
-async def handle_metrics(request: web.Request) -> web.Response:
-    """GET /metrics: refresh the store gauges, then expose everything."""
-    from bridge.runtime import RUNTIME
-
-    metrics = request.app[METRICS]
-    runtime = request.app[RUNTIME]
-    now = runtime.clock()
-    metrics.update_from(await runtime.store.stats(now), now)
-    resp = web.Response(body=metrics.render())
-    resp.content_type = CONTENT_TYPE_LATEST.split(";")[0]
-    return resp

@@ -15,6 +15,7 @@ from aiohttp import web
 
 from bridge.bundle import Bundle
 from bridge.metrics import Metrics
+from bridge.pacing import Pace
 from bridge.pauses import AuthPauses
 from bridge.store.base import Store
 from bridge.supervisor import Supervisor
@@ -28,6 +29,7 @@ class DeliveryState:
     role: str = "standby"  # "deliverer" while this process holds the delivery lease
     epoch: int | None = None  # of the lease term, while delivering
     pauses: AuthPauses = field(default_factory=AuthPauses)  # accounts whose token is refused
+    pace: Pace | None = None  # the Voxys client's, while delivery runs in this process
 
     def paused_json(self) -> dict[str, Any]:
         return {

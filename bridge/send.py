@@ -24,7 +24,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 
-from bridge.cli import _load
+from bridge.bundle import Bundle
 from bridge.sources.base import Source
 
 TIMEOUT_S = 10.0
@@ -36,7 +36,7 @@ class SendError(Exception):
 
 
 def run(
-    config: str,
+    bundle: Bundle,
     source: str,
     payload: str,
     url: str | None,
@@ -47,9 +47,6 @@ def run(
     timeout: float = TIMEOUT_S,
 ) -> int:
     """Sign `payload` as `source` would and POST it: 0 on 2xx, 1 otherwise, 2 on bad input."""
-    bundle = _load(config, err)
-    if bundle is None:
-        return 2
     path = f"/webhooks/{source}"
     try:
         configured = bundle.sources.get(source)

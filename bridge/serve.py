@@ -1,4 +1,6 @@
-"""`voxys-bridge serve`: wire the store, the web app and the delivery worker, then run."""
+"""`voxys-bridge serve`: the process model: bind, fork workers, forward signals, run the app.
+
+What runs is put together by `bridge.app.build_app`."""
 
 from __future__ import annotations
 
@@ -9,60 +11,25 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import AsyncIterator
 
 import structlog
 from aiohttp import web
 
 from bridge import __version__, logs
-from bridge.app import Hook, create_app
+from bridge.app import build_app
 from bridge.bundle import Bundle
 from bridge.errors import StartupError, StorageError
-from bridge.lease import Timing
-from bridge.runtime import RUNTIME, Runtime
 from bridge.store import open_backend, open_store
 
 log = structlog.get_logger("bridge.serve")
 
-PURGE_EVERY_S = 3600.0
 BACKLOG = 128  # pending connections per listening socket (aiohttp's default)
 RESPAWN_DELAY_S = 1.0  # before replacing a worker that died, so a crash loop stays slow
 EXIT_STARTUP = 3  # a worker that could not start: the supervisor stops rather than respawn
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
-async def retention_hook(app: web.Application) -> AsyncIterator[None]:
-    """Delete settled events older than storage.retention, hourly (a supervised task)."""
-    runtime = app[RUNTIME]
-
-    async def loop() -> None:
-        while True:
-            retention = runtime.bundle.config.storage.retention
-            try:
-                purged = await runtime.store.purge(runtime.clock() - retention)
-                if purged:
-                    log.info("storage.purged", events=purged)
-            except StorageError as exc:
-                log.error("storage.purge_failed", error=str(exc))
-            await asyncio.sleep(PURGE_EVERY_S)
-
-    runtime.supervisor.start("retention", loop)
-    yield
-
-
-def build(bundle: Bundle, *, config_path: str) -> tuple[web.Application, Runtime]:
-    """The app and runtime `serve` runs; tests build the same thing."""
-    backend = open_backend(bundle.config.storage.url)
-    runtime = Runtime(bundle=bundle, store=backend.store, clock=time.time)
-    from bridge.delivery import delivery_hook
-    from bridge.reload import reload_hook
-
-    timing = Timing(ttl=bundle.config.storage.lease_ttl)
-    hooks: list[Hook] = [retention_hook, reload_hook, delivery_hook(backend, timing)]
-    return create_app(runtime, hooks=hooks), runtime
-
-
-def serve(bundle: Bundle, *, config_path: str) -> int:
+def serve(bundle: Bundle) -> int:
     """Run until SIGTERM/SIGINT: stop accepting, finish requests in flight, close, exit 0.
 
     With `server.workers: N` (N > 1) the process forks N servers sharing the port
@@ -76,8 +43,8 @@ def serve(bundle: Bundle, *, config_path: str) -> int:
         for warning in source.startup_warnings():
             log.warning("source.unsigned", source=source.key, message=warning)
     if config.server.workers > 1:
-        return supervise(bundle, config_path=config_path, workers=config.server.workers)
-    return run_server(bundle, config_path=config_path, reuse_port=False)
+        return supervise(bundle, workers=config.server.workers)
+    return run_server(bundle, reuse_port=False)
 
 
 def listen(host: str, port: int, *, reuse_port: bool) -> list[socket.socket]:
@@ -123,12 +90,12 @@ def check_store(url: str) -> None:
         raise StartupError(f"cannot open the store: {exc}") from None
 
 
-def run_server(bundle: Bundle, *, config_path: str, reuse_port: bool) -> int:
+def run_server(bundle: Bundle, *, reuse_port: bool) -> int:
     """Serve until SIGTERM/SIGINT. The port is bound and the store opened before
     `bridge.started`; when either fails, StartupError says which and why."""
     config = bundle.config
     sockets = listen(config.server.host, config.server.port, reuse_port=reuse_port)
-    app, _ = build(bundle, config_path=config_path)
+    app, _ = build_app(bundle, open_backend(bundle.config.storage.url))
 
     async def announce(app: web.Application) -> None:
         log.info(
@@ -164,7 +131,7 @@ def run_server(bundle: Bundle, *, config_path: str, reuse_port: bool) -> int:
     return 0
 
 
-def supervise(bundle: Bundle, *, config_path: str, workers: int) -> int:
+def supervise(bundle: Bundle, *, workers: int) -> int:
     """Fork `workers` servers on one port and keep them running until told to stop."""
     children: dict[int, int] = {}  # pid -> worker number
     stopping = False
@@ -176,7 +143,7 @@ def supervise(bundle: Bundle, *, config_path: str, workers: int) -> int:
                 signal.signal(signum, signal.SIG_DFL)
             code = 1
             try:
-                code = run_server(bundle, config_path=config_path, reuse_port=True)
+                code = run_server(bundle, reuse_port=True)
             except StartupError as exc:
                 print(f"error: {exc}", file=sys.stderr, flush=True)
                 code = EXIT_STARTUP

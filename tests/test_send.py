@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from bridge import send
+from bridge import cli, send
 from bridge.app import create_app
 from bridge.bundle import load_bundle
 from bridge.runtime import Runtime
@@ -50,9 +50,8 @@ class Bridge:
     async def send(self, source: str, payload: Path | str, url: str | None = None) -> Sent:
         """Run the command in a thread, as its own process would, while the bridge serves."""
         out, err = io.StringIO(), io.StringIO()
-        code = await asyncio.to_thread(
-            send.run, str(self.config), source, str(payload), url, out, err
-        )
+        bundle = load_bundle(self.config)
+        code = await asyncio.to_thread(send.run, bundle, source, str(payload), url, out, err)
         text = out.getvalue() + err.getvalue()
         for secret in (STRIPE_SECRET, PIPEDRIVE_PASSWORD, VOXYS_TOKEN, QUERY_TOKEN):
             assert secret not in text
@@ -149,14 +148,16 @@ async def test_a_url_that_is_not_http_exits_2(bridge: Bridge) -> None:
     assert "is not an http(s) URL" in sent.err
 
 
-async def test_a_broken_config_exits_2_with_its_errors(tmp_path: Path) -> None:
+async def test_a_broken_config_exits_2_with_its_errors(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     config = tmp_path / "bridge.yaml"
     config.write_text("server: [not, a, mapping]\n")
-    out, err = io.StringIO(), io.StringIO()
-    code = send.run(str(config), "stripe", str(config), None, out, err)
+    code = cli.main(["send", "--config", str(config), "--source", "stripe", str(config)])
+    out, err = capsys.readouterr()
     assert code == 2
-    assert "error:" in err.getvalue()
-    assert out.getvalue() == ""
+    assert "error:" in err
+    assert out == ""
 
 
 async def test_a_bridge_that_is_not_listening_exits_1_without_a_traceback(
@@ -167,7 +168,8 @@ async def test_a_bridge_that_is_not_listening_exits_1_without_a_traceback(
     payload = tmp_path / "payload.json"
     payload.write_bytes(stripe_event())
     out, err = io.StringIO(), io.StringIO()
-    code = await asyncio.to_thread(send.run, str(config), "stripe", str(payload), None, out, err)
+    bundle = load_bundle(config)
+    code = await asyncio.to_thread(send.run, bundle, "stripe", str(payload), None, out, err)
     assert code == 1
     url = f"http://127.0.0.1:{port}/webhooks/stripe"
     assert err.getvalue().startswith(

@@ -22,7 +22,6 @@ from bridge.admin_cli import UsageError, parse_lead
 from bridge.console import views
 from bridge.console.activity import attempts_total
 from bridge.console.site import CONSOLE, PREFIX, render, see_other
-from bridge.delivery import LEADER
 from bridge.dryrun import describe
 from bridge.errors import NotFound
 from bridge.runtime import RUNTIME, Runtime
@@ -43,8 +42,8 @@ def _wake(runtime: Runtime, queued: int) -> None:
 
 
 def _pacer_fraction(request: web.Request) -> float | None:
-    leader = request.config_dict.get(LEADER)
-    return None if leader is None else leader.client.pacer.fraction
+    pace = request.config_dict[RUNTIME].delivery.pace
+    return None if pace is None else pace.fraction
 
 
 async def overview(request: web.Request) -> web.StreamResponse:
