@@ -4,6 +4,9 @@ The operations are plain async functions over a Store (and a rules evaluator); t
 `/admin` routes here and the `dead-letters | replay | explain | followups | stats`
 commands (`admin_cli.py`) are thin edges over them. The routes exist only when `admin.token`
 is set, and every request must carry it as `Authorization: Bearer <token>`.
+
+One concept: the admin HTTP API. Each route is a thin handler over one store call
+and its request model; they share the validation and the answers' shapes.
 """
 
 from __future__ import annotations

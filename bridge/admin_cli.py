@@ -4,6 +4,9 @@
 They open the store named by the config directly, so they work while the server is
 down (and beside it: SQLite's WAL and PostgreSQL both allow that). Each prints a table,
 or JSON with `--json`; the operations themselves are `bridge.admin`'s.
+
+One concept: the store commands. Each is a short function over the same
+argument parsing and output helpers.
 """
 
 from __future__ import annotations

@@ -1,4 +1,8 @@
-"""The console script: the composition root that loads config once and builds everything."""
+"""The console script: the composition root that loads config once and builds everything.
+
+One concept: the console script. Most of its length is the argument parser's
+declarations, one block per command.
+"""
 
 from __future__ import annotations
 

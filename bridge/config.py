@@ -2,6 +2,9 @@
 
 Everything is validated when loaded; a mistake is a `ConfigErrors` whose messages name
 the file, the rule and the key. Nothing reads `os.environ` after this module returns.
+
+One concept: the shape of the config files. The models are declarations; the
+loader that follows includes and lookups belongs with them.
 """
 
 from __future__ import annotations

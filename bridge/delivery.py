@@ -27,6 +27,10 @@ no attempt is used up, the transition goes back to the queue, the account is lef
 of claims and probed with one request every 30 s, backing off to 5 min, until Voxys
 accepts it again; other accounts keep flowing unless every account in use is refused.
 A transition waiting on a refused token still ages: past retry.max_age it is dead.
+
+One concept: carrying out delivery for the lease holder. `Deliverer` (one term)
+and `Leader` (the terms) share the fencing, settling and wake-up rules described
+here; the decisions live in retry, claims, pacing and pauses.
 """
 
 from __future__ import annotations

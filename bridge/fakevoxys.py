@@ -29,6 +29,9 @@ and `latency` added to every answer. `fail_next(status, count)` makes status cha
 leads that exist answer `status` (`count` times, or always), after authentication, as
 Voxys would refuse them: what `sandbox --fail` rehearses dead letters and retries with.
 The raw token is never stored, printed or logged.
+
+One concept: the fake Voxys server. Its length is its answers, which follow the
+real API's rules one by one.
 """
 
 from __future__ import annotations

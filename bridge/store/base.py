@@ -25,6 +25,9 @@ Follow-ups (bridge/followups.py) are kept apart from transitions until they fire
     cancelled   a newer transition for the lead was stored first, or an operator said so
 A transition is unique per (event, rule, origin): the event's own (`event`) and the one
 its follow-up fired (`followup`), so neither a replay nor a second firing queues twice.
+
+One concept: the Store protocol. Its length is the contract both backends
+follow, written out per method, and the records it returns.
 """
 
 from __future__ import annotations

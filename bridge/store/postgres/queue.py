@@ -13,6 +13,9 @@ whatever a lead-lock holder reads after taking the lock is the lead's current st
 Claiming. `claim_due` locks due leads with FOR UPDATE SKIP LOCKED: two claimers (in one
 process or in two) never take the same lead, never wait on each other, and a lead that
 has an in_flight transition has a NULL due time, so it is never claimed twice.
+
+One concept: the delivery queue's SQL on this backend: queueing, claiming per
+lead and settling are statements over the same tables.
 """
 
 from __future__ import annotations

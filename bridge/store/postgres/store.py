@@ -16,6 +16,9 @@ options taken out of the query string before it reaches asyncpg:
     ?mode=ro       read-only (default_transaction_read_only): writes raise StorageError
     ?pool_max=N    at most N pooled connections (default 10)
 Other query parameters (sslmode, ...) are asyncpg's. Error messages never quote the URL.
+
+One concept: the Store protocol on this backend. Each method is one transaction
+over the modules beside it (queue, followups, schema, wakeup).
 """
 
 from __future__ import annotations

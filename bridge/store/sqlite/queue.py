@@ -4,6 +4,9 @@ Plain functions over a connection inside the writer's transaction. Each lead's r
 `leads` caches when the lead can next be claimed (see schema.py), and every function
 that changes a lead's transitions recomputes that row, so `claim_due` reads only the
 leads that are due instead of scanning the backlog.
+
+One concept: the delivery queue's SQL on this backend: queueing, claiming per
+lead and settling are statements over the same tables.
 """
 
 from __future__ import annotations

@@ -18,6 +18,9 @@ Retention. `purge` deletes old events whose transitions are delivered, supersede
 stale; events with a pending, in-flight or dead transition or a scheduled follow-up are
 kept, so a dead letter stays visible until an operator retries it and a follow-up due
 after `storage.retention` still fires.
+
+One concept: the Store protocol on this backend. Each method is one transaction
+over the modules beside it (queue, followups, reads, threads).
 """
 
 from __future__ import annotations
