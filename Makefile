@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: install test lint typecheck bench check-config clean
+.PHONY: install test lint format typecheck bench check-config clean
 
 install:
 	python3 -m venv $(VENV)
@@ -14,6 +14,10 @@ test:
 lint:
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+
+format:
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
 
 typecheck:
 	$(VENV)/bin/mypy
