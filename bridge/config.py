@@ -30,6 +30,7 @@ from pydantic import (
     ValidationError,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
 
 from bridge import strength, validation
@@ -142,6 +143,28 @@ class RetryConfig(Model):
     auth_probe: AuthProbe = AuthProbe()
 
 
+class BulkConfig(Model):
+    """`voxys.bulk`: several leads' status changes in one request (bridge/bulk.py).
+
+    Off by default: a bulk status change carries no notes, so it changes what Voxys
+    records. `notes: keep` never sends a transition with notes in bulk; `drop` does,
+    without its notes, and its ledger entry says so.
+    """
+
+    enabled: bool = False
+    min_batch: Annotated[int, Field(ge=2)] = 10
+    max_batch: Annotated[int, Field(ge=2, le=10_000)] = 100
+    notes: Literal["keep", "drop"] = "keep"
+
+    @model_validator(mode="after")
+    def _bounds(self) -> BulkConfig:
+        if self.min_batch > self.max_batch:
+            raise ValueError(
+                f"min_batch ({self.min_batch}) cannot be larger than max_batch ({self.max_batch})"
+            )
+        return self
+
+
 class VoxysConfig(Model):
     base_url: str = "https://connect.voxys.ai"
     api_token: SecretStr
@@ -151,6 +174,7 @@ class VoxysConfig(Model):
     max_in_flight: PositiveInt = 16
     retry: RetryConfig = RetryConfig()
     coalesce: bool = True
+    bulk: BulkConfig = BulkConfig()
 
     @field_validator("base_url")
     @classmethod
@@ -227,6 +251,7 @@ class RuleConfig(Model):
     continue_: bool = Field(False, alias="continue")
     description: str | None = None
     follow_up: FollowUpConfig | None = None
+    bulk: bool = True  # false: this rule's transitions always go one PATCH each
 
 
 class LocatedRule(BaseModel):

@@ -1,0 +1,262 @@
+"""Bulk delivery, the pure part: which requests to send, and what a bulk answer means.
+
+Voxys changes the status of many leads of one account in one request
+(`POST /api/v1/accounts/{id}/leads/bulk`, no notes; shared/VOXYS_API.md). The rate limit
+counts requests, so a batch moves up to `max_batch` leads for the price of one PATCH.
+
+Choosing requests (`plan_requests`). Requests go out oldest first, as PATCHes always
+did: the next request serves the oldest due lead head. When that head may go in bulk
+and at least `min_batch` due heads share its (account, status), the request is a batch
+of up to `max_batch` of them, oldest first; otherwise it is the head's own PATCH. So a
+lone event is PATCHed at once (nothing waits to fill a batch), a backlog goes out in
+batches, and no transition is passed over by younger ones for ever.
+
+Reading an answer (`judge`). `affected_count == len(lead_ids)`: every lead delivered.
+Fewer: Voxys found fewer leads than it was sent, and the bulk change was applied to the
+ones it found; `Search` finds which were missing by sending halves again, each answer
+telling how many of the missing leads are in the half it sent, until each missing lead
+is alone, and then PATCHes it: its own answer (200, or a 404 for the 404 policy) is
+unambiguous. Should Voxys count leads changed rather than found, the halves answer
+fewer than the counts allow; `Search` notices and PATCHes every lead it has not
+accounted for, so no lead is ever taken for delivered on an assumption.
+
+Nothing here does I/O or reads a clock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from bridge.config import BulkConfig, LocatedRule
+from bridge.store.base import QueuedTransition
+from bridge.voxys import Reply
+
+BULK_PATH = "/api/v1/accounts/{account_id}/leads/bulk"
+
+
+@dataclass(frozen=True, slots=True)
+class BulkRules:
+    """What may go in bulk now: the configured bounds, as shrunk by this process."""
+
+    min_batch: int
+    max_batch: int
+    drop_notes: bool = False
+    patch_only_rules: frozenset[str] = frozenset()  # rules with `bulk: false`
+
+    def eligible(self, t: QueuedTransition) -> bool:
+        """May `t` go in a batch? Not with notes to keep, not from a `bulk: false` rule,
+        and not once answered 404: its next attempt must be its own, unambiguous PATCH."""
+        if t.notes is not None and not self.drop_notes:
+            return False
+        return t.rule not in self.patch_only_rules and t.not_found_attempts == 0
+
+
+@dataclass
+class BulkState:
+    """What this process learnt about the bulk endpoint (it is not persisted: a restart,
+    perhaps against an upgraded Voxys, tries again)."""
+
+    missing: str | None = None  # why bulk is off: the endpoint answered 404/405
+    max_batch: int | None = None  # halved at each 413/422
+
+    def rules(self, config: BulkConfig, rules: Iterable[LocatedRule]) -> BulkRules | None:
+        """The rules of the moment; None when bulk is off (configured, or learnt)."""
+        if not config.enabled or self.missing is not None:
+            return None
+        largest = config.max_batch if self.max_batch is None else self.max_batch
+        if largest < config.min_batch:
+            return None
+        return BulkRules(
+            min_batch=config.min_batch,
+            max_batch=min(config.max_batch, largest),
+            drop_notes=config.notes == "drop",
+            patch_only_rules=frozenset(r.rule.name for r in rules if not r.rule.bulk),
+        )
+
+    def shrink(self, size: int) -> int:
+        """A batch of `size` was refused as too large: the largest batch from now on."""
+        self.max_batch = min(self.max_batch or size, max(1, size // 2))
+        return self.max_batch
+
+    def as_json(self, config: BulkConfig) -> dict[str, Any]:
+        return {
+            "enabled": config.enabled and self.missing is None,
+            "configured": config.enabled,
+            "off_because": self.missing,
+            "max_batch": min(config.max_batch, self.max_batch or config.max_batch),
+        }
+
+
+def plan_requests(
+    heads: Sequence[QueuedTransition], requests: int, rules: BulkRules
+) -> list[list[QueuedTransition]]:
+    """Up to `requests` requests from lead heads in due order (oldest first), at most one
+    head per lead: each a batch (two or more, one account and status) or one PATCH."""
+    groups: dict[tuple[int, str], list[int]] = {}
+    for i, t in enumerate(heads):
+        if rules.eligible(t):
+            groups.setdefault((t.account_id, str(t.status)), []).append(i)
+    taken = [False] * len(heads)
+    out: list[list[QueuedTransition]] = []
+    for i, head in enumerate(heads):
+        if len(out) >= requests:
+            break
+        if taken[i]:
+            continue
+        members = [i]
+        if rules.eligible(head):
+            group = [j for j in groups[(head.account_id, str(head.status))] if not taken[j]]
+            if len(group) >= rules.min_batch:
+                members = group[: rules.max_batch]
+        for j in members:
+            taken[j] = True
+        out.append([heads[j] for j in members])
+    return out
+
+
+# --- answers --------------------------------------------------------------------------
+
+
+class Kind(StrEnum):
+    """What a bulk answer means for its batch."""
+
+    DELIVERED = "delivered"  # every lead found and changed
+    SHORT = "short"  # fewer leads affected than sent: find the missing ones
+    TOO_LARGE = "too_large"  # 413/422/400: the batch was refused as such; send smaller
+    NO_ENDPOINT = "no_endpoint"  # 404/405: this Voxys has no bulk endpoint
+    PER_REPLY = "per_reply"  # as for a PATCH, for the whole batch (401/403, 429, 5xx...)
+
+
+# Statuses that refuse the request as a whole, not a lead: a body too large or not
+# understood. 422 and 400 may also mean a lead id Voxys will not take; halving finds
+# out either way, and a batch that cannot shrink further goes out as PATCHes.
+TOO_LARGE_STATUSES = frozenset({400, 413, 422})
+
+
+@dataclass(frozen=True, slots=True)
+class BulkReply:
+    """One bulk request's result: the HTTP answer and what its body said."""
+
+    reply: Reply
+    success: bool | None = None  # the body's `success`, when it was a JSON object
+    affected: int | None = None  # the body's `affected_count`, when an integer >= 0
+
+
+@dataclass(frozen=True, slots=True)
+class Judgement:
+    kind: Kind
+    missing: int = 0  # SHORT: how many leads Voxys did not find
+    reply: Reply | None = None  # PER_REPLY: the answer to decide on (bridge.retry.decide)
+
+
+def judge(answer: BulkReply, size: int) -> Judgement:
+    """What the answer to a batch of `size` leads means."""
+    reply = answer.reply
+    status = reply.status
+    if status is None or not 200 <= status < 300:
+        if status in (404, 405):
+            return Judgement(Kind.NO_ENDPOINT)
+        if status in TOO_LARGE_STATUSES:
+            return Judgement(Kind.TOO_LARGE)
+        return Judgement(Kind.PER_REPLY, reply=reply)
+    if answer.success is not True or answer.affected is None:
+        # A 2xx that does not say it worked: retry the batch, as after a 5xx.
+        said = "success: false" if answer.success is False else "no affected_count"
+        return Judgement(Kind.PER_REPLY, reply=unclear(reply, said))
+    if answer.affected >= size:
+        return Judgement(Kind.DELIVERED)
+    return Judgement(Kind.SHORT, missing=size - answer.affected)
+
+
+def unclear(reply: Reply, said: str) -> Reply:
+    """A 2xx bulk answer that did not confirm the change, as a retryable failure."""
+    return Reply(
+        status=None, latency_s=reply.latency_s, error=f"bulk answer {reply.status} with {said}"
+    )
+
+
+# --- finding the missing leads ---------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Probe:
+    """Send `members` in bulk again and report the answer with `Search.answered`."""
+
+    members: tuple[QueuedTransition, ...]
+
+
+@dataclass
+class Search:
+    """Which leads of a short batch Voxys did not find. Pure: the caller sends.
+
+    `found` were found by the batch's own request (already changed by it); `verify`
+    must each be PATCHed alone. `step()` gives the next probe, or None when done.
+    """
+
+    found: list[QueuedTransition] = field(default_factory=list)
+    verify: list[QueuedTransition] = field(default_factory=list)
+    # (leads, how many of them are missing), the last one next.
+    _open: list[tuple[tuple[QueuedTransition, ...], int]] = field(default_factory=list)
+    _probe: tuple[tuple[QueuedTransition, ...], tuple[QueuedTransition, ...], int] | None = None
+    contradicted: bool = False  # Voxys counted against the found-leads reading
+
+    @classmethod
+    def start(cls, members: Sequence[QueuedTransition], missing: int) -> Search:
+        search = cls()
+        search._push(tuple(members), missing)
+        return search
+
+    def _push(self, members: tuple[QueuedTransition, ...], missing: int) -> None:
+        if missing <= 0:
+            self.found.extend(members)
+        elif len(members) <= 2 or missing >= len(members):
+            # Two leads: probing one and PATCHing the missing one costs what PATCHing
+            # both does. All missing: each needs its own PATCH anyway.
+            self.verify.extend(members)
+        else:
+            self._open.append((members, missing))
+
+    def step(self) -> Probe | None:
+        """The next half to send, or None when every lead is found or to verify."""
+        assert self._probe is None, "answer the last probe first"
+        if not self._open:
+            return None
+        members, missing = self._open.pop()
+        half = (len(members) + 1) // 2  # at least two leads: see `answered`
+        first, rest = members[:half], members[half:]
+        self._probe = (first, rest, missing)
+        return Probe(first)
+
+    def answered(self, affected: int) -> None:
+        """The last probe's `affected_count`."""
+        assert self._probe is not None
+        first, rest, missing = self._probe
+        self._probe = None
+        missing_first = len(first) - affected
+        if affected <= 0 or missing_first < 0 or missing_first > missing:
+            # More found than sent, or more missing than the batch had: Voxys does not
+            # count as we read it. None found is no proof either: a Voxys counting leads
+            # changed answers 0 to leads its first request changed already. From here on
+            # nothing is taken for delivered by inference.
+            self.contradicted = affected != 0 or missing_first > missing
+            self.verify.extend([*first, *rest, *self.give_up()])
+            return
+        self._push(rest, missing - missing_first)
+        self._push(first, missing_first)
+
+    def failed(self) -> list[QueuedTransition]:
+        """The last probe got no usable answer: every lead not yet accounted for, to be
+        settled as that answer says (they are sent again later)."""
+        assert self._probe is not None
+        first, rest, _ = self._probe
+        self._probe = None
+        return [*first, *rest, *self.give_up()]
+
+    def give_up(self) -> list[QueuedTransition]:
+        """Stop searching; the leads still open."""
+        left = [t for members, _ in self._open for t in members]
+        self._open.clear()
+        return left
