@@ -25,13 +25,14 @@ Nothing here does I/O or reads a clock.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Any, Final
 
+from bridge.claims import LeadPlan, plan_lead
 from bridge.config import BulkConfig, LocatedRule
-from bridge.store.base import QueuedTransition
+from bridge.store.base import Claim, QueuedTransition
 from bridge.voxys import Reply
 
 BULK_PATH = "/api/v1/accounts/{account_id}/leads/bulk"
@@ -260,3 +261,69 @@ class Search:
         left = [t for members, _ in self._open for t in members]
         self._open.clear()
         return left
+
+
+# --- claiming ---------------------------------------------------------------------------
+
+LeadKey = tuple[int, int]
+SCAN_PER_LEAD: Final = 2  # due leads read per lead the requests asked for can carry
+MAX_SCAN: Final = 5000  # ... and never more than this many in one claim
+
+
+def scan_size(requests: int, rules: BulkRules) -> int:
+    """How many of the oldest due leads one claim of `requests` requests looks at: enough
+    to fill each request's batch when half the leads cannot go in it."""
+    return max(requests, min(MAX_SCAN, requests * rules.max_batch * SCAN_PER_LEAD))
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimPlan:
+    """What one claim does: the requests to send, and the lead plans to apply now (the
+    leads sent, and those with only stale or superseded transitions to settle)."""
+
+    requests: list[list[QueuedTransition]]
+    plans: list[LeadPlan]
+
+    def leads(self) -> set[LeadKey]:
+        """The leads whose transitions the plans change (to refresh)."""
+        return {
+            (t.account_id, t.lead_id)
+            for plan in self.plans
+            for t in (*plan.stale, *plan.superseded, *([plan.claim] if plan.claim else []))
+        }
+
+    def sort_into(self, claim: Claim) -> None:
+        """The requests into `claim`: batches, and single PATCHes in `claimed`."""
+        for request in self.requests:
+            if len(request) > 1:
+                claim.batches.append(request)
+            else:
+                claim.claimed.append(request[0])
+
+
+def plan_claim(
+    leads: Sequence[tuple[LeadKey, float | None]],
+    pending: Mapping[LeadKey, Sequence[QueuedTransition]],
+    now: float,
+    *,
+    coalesce: bool,
+    requests: int,
+    rules: BulkRules,
+) -> ClaimPlan:
+    """Plan each due lead (`bridge.claims.plan_lead`: `leads` in due order with their last
+    delivered occurred_at, `pending` their pending transitions in (occurred_at, id)
+    order), then choose up to `requests` requests among their heads."""
+    heads: list[QueuedTransition] = []
+    planned: dict[LeadKey, LeadPlan] = {}
+    apply: list[LeadPlan] = []
+    for key, last_delivered in leads:
+        plan = plan_lead(pending.get(key, ()), last_delivered, now, coalesce=coalesce)
+        if plan.claim is None:
+            if plan.stale or plan.superseded:
+                apply.append(plan)
+            continue
+        planned[key] = plan
+        heads.append(plan.claim)
+    chosen = plan_requests(heads, requests, rules)
+    apply += [planned[(t.account_id, t.lead_id)] for request in chosen for t in request]
+    return ClaimPlan(chosen, apply)

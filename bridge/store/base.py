@@ -35,9 +35,12 @@ from __future__ import annotations
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from bridge.models import Evaluation, Event, LeadStatus, Outcome
+
+if TYPE_CHECKING:
+    from bridge.bulk import BulkRules
 
 
 class FollowUpState(StrEnum):
@@ -159,6 +162,35 @@ class Claim:
     stale: list[QueuedTransition]  # older than the lead's last delivered transition
     next_due_at: float | None  # earliest future next_attempt_at of anything pending
     followup_due_at: float | None = None  # earliest due_at of a scheduled follow-up (or past)
+    # `claim_requests` only: bulk requests, each two or more leads of one account and status.
+    batches: list[list[QueuedTransition]] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class Settle:
+    """One claimed transition's outcome, for `settle_many`: `delivered` and `dead` record
+    the attempt; `retry` records it and puts it back to pending at `next_attempt_at`;
+    `release` puts it back without recording an attempt (not sent, token refused)."""
+
+    transition_id: int
+    outcome: Literal["delivered", "retry", "dead", "release"]
+    http_status: int | None = None
+    reason: str | None = None
+    next_attempt_at: float | None = None  # retry, release
+    counts: bool = True  # retry: the attempt uses up one of retry.max_attempts
+    not_found: bool = False  # retry: the attempt was answered 404
+
+
+@dataclass(frozen=True, slots=True)
+class BatchRecord:
+    """One bulk request as the ledger keeps it: the transitions settled with it went in
+    this batch of `size` leads (bridge/bulk.py)."""
+
+    account_id: int
+    status: LeadStatus
+    size: int
+    http_status: int | None
+    sent_at: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,6 +217,17 @@ class LedgerEntry:
     event_pk: int  # the stored event's id, as `events list` shows it and `replay --id` takes
     origin: str = "event"  # "followup": fired by the follow-up below
     follow_up: FollowUpEntry | None = None  # the follow-up of this (event, rule), if any
+    batch_id: int | None = None  # its last attempt went in this bulk request...
+    batch_size: int | None = None  # ... of this many leads
+
+    @property
+    def notes_dropped(self) -> bool:
+        """Delivered in bulk, which carries no notes, although it had some."""
+        return (
+            self.state is TransitionState.DELIVERED
+            and self.batch_id is not None
+            and self.notes is not None
+        )
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -208,6 +251,10 @@ class LedgerEntry:
             "reason": self.reason,
             "origin": self.origin,
             "follow_up": None if self.follow_up is None else self.follow_up.as_json(),
+            "batch": None
+            if self.batch_id is None
+            else {"id": self.batch_id, "leads": self.batch_size},
+            "notes_dropped": self.notes_dropped,
         }
 
 
@@ -296,6 +343,36 @@ class Store(Protocol):
         (`bridge.claims.plan_lead`). Claimed transitions become in_flight under `epoch`.
         `followup_due_at` is the earliest due time of a scheduled follow-up, past or not.
         Raises `LeaseLost` unless `epoch` is the lease's current epoch.
+        """
+
+    async def claim_requests(
+        self,
+        now: float,
+        requests: int,
+        *,
+        bulk: BulkRules,
+        coalesce: bool,
+        epoch: int,
+        skip_accounts: Collection[int] = (),
+    ) -> Claim:
+        """Claim up to `requests` requests' worth of due transitions: batches in
+        `Claim.batches`, single PATCHes in `Claim.claimed` (`bridge.bulk.plan_requests`
+        over the oldest due lead heads). Every rule of `claim_due` holds: at most one
+        transition per lead, per-lead order, stale and superseded, fenced by `epoch`.
+        """
+
+    async def settle_many(
+        self,
+        settles: Sequence[Settle],
+        now: float,
+        *,
+        batch: BatchRecord | None = None,
+        epoch: int,
+    ) -> int | None:
+        """Settle several claims in one transaction, each as `mark_delivered`,
+        `schedule_retry`, `mark_dead` or `release` would; with `batch`, record it and
+        that each settled attempt went in it (its id is returned). All or nothing: any
+        claim not in flight under `epoch` raises `LeaseLost` and changes nothing.
         """
 
     async def fire_followups(self, now: float, limit: int, *, epoch: int) -> Firing:

@@ -24,6 +24,14 @@ from bridge.store.base import (
     TransitionState,
 )
 
+# A transition `t` with its event `e`, in the order `ledger_entry` reads them (both
+# backends): its batch's size comes from a scalar subquery, NULL when it went alone.
+LEDGER: Final = (
+    "t.id, e.source, e.event_id, t.rule, t.account_id, t.lead_id, t.status, t.notes, t.state,"
+    " t.occurred_at, t.created_at, t.attempts, t.first_attempt_at, t.last_attempt_at,"
+    " t.next_attempt_at, t.http_status, t.reason, e.pk, t.origin, t.batch_id,"
+    " (SELECT b.size FROM batches b WHERE b.id = t.batch_id)"
+)
 # A follow-up `f` joined with its event `e`, in the order `followup_entry` reads them.
 FOLLOWUP: Final = (
     "f.id, e.source, e.event_id, f.rule, f.account_id, f.lead_id, f.status, f.notes,"
@@ -70,11 +78,11 @@ def queued(row: Sequence[Any]) -> QueuedTransition:
 
 def ledger_entry(row: Sequence[Any]) -> LedgerEntry:
     """id, source, event_id, rule, account_id, lead_id, status, notes, state, occurred_at,
-    created_at, attempts, first/last/next attempt times, http_status, reason, event pk[,
-    origin[, FOLLOWUP columns of a LEFT JOIN]]."""
+    created_at, attempts, first/last/next attempt times, http_status, reason, event pk,
+    origin, batch id, batch size[, FOLLOWUP columns of a LEFT JOIN] (`LEDGER`)."""
     follow_up = None
-    if len(row) > 19 and row[19] is not None:
-        follow_up = followup_entry(row[19 : 19 + FOLLOWUP_WIDTH])
+    if len(row) > 21 and row[21] is not None:
+        follow_up = followup_entry(row[21 : 21 + FOLLOWUP_WIDTH])
     return LedgerEntry(
         id=row[0],
         source=row[1],
@@ -94,8 +102,10 @@ def ledger_entry(row: Sequence[Any]) -> LedgerEntry:
         http_status=row[15],
         reason=row[16],
         event_pk=row[17],
-        origin=row[18] if len(row) > 18 else "event",
+        origin=row[18],
         follow_up=follow_up,
+        batch_id=row[19],
+        batch_size=row[20],
     )
 
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable, Sequence
 from typing import Any, Final
 
-from bridge.claims import plan_lead
+from bridge.claims import LeadPlan, plan_lead
 from bridge.errors import LeaseLost
 from bridge.models import Transition
 from bridge.store.base import Claim, QueuedTransition
@@ -173,6 +173,25 @@ async def _pending(
 PAGE: Final = 64  # pending transitions read at a time without coalescing
 
 
+async def apply_plan(
+    conn: Any, plan: LeadPlan, now: float, epoch: int, out: Claim
+) -> QueuedTransition | None:
+    """Settle a (locked) lead plan's stale and superseded transitions (listed in `out`)
+    and put its claim in flight under `epoch`; return the claim. The caller refreshes
+    the lead."""
+    await _settle(conn, plan.stale, "stale", now)
+    await _settle(conn, plan.superseded, "superseded", now)
+    out.stale.extend(plan.stale)
+    out.superseded.extend(plan.superseded)
+    if plan.claim is not None:
+        await conn.execute(
+            "UPDATE transitions SET state = 'in_flight', claim_epoch = $2 WHERE id = $1",
+            plan.claim.id,
+            epoch,
+        )
+    return plan.claim
+
+
 async def _claim_lead(
     conn: Any,
     key: LeadKey,
@@ -189,17 +208,9 @@ async def _claim_lead(
         # usually decides (only a run of stale heads needs the next).
         page = await _pending(conn, key, None if coalesce else PAGE, after)
         plan = plan_lead(page, last_delivered, now, coalesce=coalesce)
-        await _settle(conn, plan.stale, "stale", now)
-        await _settle(conn, plan.superseded, "superseded", now)
-        out.stale.extend(plan.stale)
-        out.superseded.extend(plan.superseded)
-        if plan.claim is not None:
-            await conn.execute(
-                "UPDATE transitions SET state = 'in_flight', claim_epoch = $2 WHERE id = $1",
-                plan.claim.id,
-                epoch,
-            )
-            out.claimed.append(plan.claim)
+        claimed = await apply_plan(conn, plan, now, epoch, out)
+        if claimed is not None:
+            out.claimed.append(claimed)
             return
         if coalesce or len(plan.stale) < PAGE:
             return
@@ -238,6 +249,11 @@ async def claim_due(
             key = (account_id, lead_id)
             await _claim_lead(conn, key, last_delivered, now, coalesce, epoch, out)
             await refresh_leads(conn, [key])
+    return await next_times(conn, now, out)
+
+
+async def next_times(conn: Any, now: float, out: Claim) -> Claim:
+    """`out` with the earliest future retry and the earliest scheduled follow-up."""
     next_due_at = await conn.fetchval(
         "SELECT min(next_attempt_at) FROM transitions"
         " WHERE state = 'pending' AND next_attempt_at > $1",
@@ -246,7 +262,7 @@ async def claim_due(
     followup_due_at = await conn.fetchval(
         "SELECT min(due_at) FROM followups WHERE state = 'scheduled'"
     )
-    return Claim(out.claimed, out.superseded, out.stale, next_due_at, followup_due_at)
+    return Claim(out.claimed, out.superseded, out.stale, next_due_at, followup_due_at, out.batches)
 
 
 async def expire_pending(
@@ -318,7 +334,7 @@ def _count(status: str) -> int:
 
 _ATTEMPT = (
     "first_attempt_at = coalesce(first_attempt_at, $3), last_attempt_at = $3,"
-    " http_status = $4, reason = $5"
+    " http_status = $4, reason = $5, batch_id = NULL"
 )
 # $1 id, $2 epoch, $3 now, $4 http_status, $5 reason, then per statement $6...
 DELIVERED: Final = (

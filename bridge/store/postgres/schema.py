@@ -141,6 +141,21 @@ MIGRATIONS: tuple[Migration, ...] = (
         "CREATE UNIQUE INDEX transitions_event_rule_origin ON transitions (event_pk, rule, origin)",
         "DROP INDEX transitions_event_rule",  # the wider key keeps its guarantee
     ),
+    # Bulk delivery (bridge/bulk.py): each bulk request that got an answer, and the one a
+    # transition's last attempt went in. Self-contained: relies on migrations 1 and 2 only.
+    (
+        """
+        CREATE TABLE batches (
+            id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,  -- never reused
+            account_id bigint NOT NULL,
+            status text NOT NULL,
+            size integer NOT NULL,  -- leads in the request
+            http_status integer,
+            sent_at double precision NOT NULL
+        )
+        """,
+        "ALTER TABLE transitions ADD COLUMN batch_id bigint",
+    ),
 )
 
 SCHEMA_VERSION: Final = len(MIGRATIONS)

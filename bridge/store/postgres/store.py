@@ -30,9 +30,11 @@ from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 import asyncpg
 
+from bridge.bulk import BulkRules
 from bridge.errors import ConfigError, LeaseLost, StorageError
 from bridge.models import Evaluation, Event, Outcome
 from bridge.store.base import (
+    BatchRecord,
     Claim,
     Firing,
     FollowUpEntry,
@@ -41,14 +43,16 @@ from bridge.store.base import (
     LedgerEntry,
     QueuedTransition,
     Replayed,
+    Settle,
     Stats,
     StoredEvent,
     TransitionState,
 )
+from bridge.store.postgres import bulk as b
 from bridge.store.postgres import followups as f
 from bridge.store.postgres import queue as q
 from bridge.store.postgres.schema import migrate
-from bridge.store.rows import FOLLOWUP, json_text, ledger_entry, stored_event
+from bridge.store.rows import FOLLOWUP, LEDGER, json_text, ledger_entry, stored_event
 
 T = TypeVar("T")
 
@@ -77,11 +81,6 @@ _FAILURES: Final = (
 )
 _BIGINT: Final = range(-(2**63), 2**63)
 
-LEDGER: Final = (
-    "t.id, e.source, e.event_id, t.rule, t.account_id, t.lead_id, t.status, t.notes, t.state,"
-    " t.occurred_at, t.created_at, t.attempts, t.first_attempt_at, t.last_attempt_at,"
-    " t.next_attempt_at, t.http_status, t.reason, e.pk, t.origin"
-)
 EVENT: Final = (
     "pk, source, event_id, occurred_at, received_at, payload, headers, outcome, rule, reason"
 )
@@ -370,6 +369,39 @@ class PostgresStore:
             return await q.claim_due(conn, now, limit, coalesce, epoch, skip, only_account)
 
         return await self._run("claim_due", work)
+
+    async def claim_requests(
+        self,
+        now: float,
+        requests: int,
+        *,
+        bulk: BulkRules,
+        coalesce: bool,
+        epoch: int,
+        skip_accounts: Collection[int] = (),
+    ) -> Claim:
+        skip = [a for a in skip_accounts if a in _BIGINT]
+
+        async def work(conn: Any) -> Claim:
+            return await b.claim_requests(conn, now, requests, bulk, coalesce, epoch, skip)
+
+        return await self._run("claim_requests", work)
+
+    async def settle_many(
+        self,
+        settles: Sequence[Settle],
+        now: float,
+        *,
+        batch: BatchRecord | None = None,
+        epoch: int,
+    ) -> int | None:
+        if any(s.transition_id not in _BIGINT for s in settles):
+            raise LeaseLost(epoch)  # no such claim can exist
+
+        async def work(conn: Any) -> int | None:
+            return await b.settle_many(conn, settles, now, batch, epoch)
+
+        return await self._run("settle_many", work)
 
     async def fire_followups(self, now: float, limit: int, *, epoch: int) -> Firing:
         async def work(conn: Any) -> Firing:

@@ -17,7 +17,7 @@ from collections.abc import Collection, Iterable, Sequence
 from functools import lru_cache
 from typing import Any, Final
 
-from bridge.claims import plan_lead
+from bridge.claims import LeadPlan, plan_lead
 from bridge.errors import LeaseLost
 from bridge.models import Transition
 from bridge.store.base import Claim, QueuedTransition
@@ -169,6 +169,23 @@ def _pending(
 PAGE: Final = 64  # pending transitions read at a time without coalescing
 
 
+def apply_plan(
+    conn: sqlite3.Connection, plan: LeadPlan, now: float, epoch: int, out: Claim
+) -> QueuedTransition | None:
+    """Settle a lead plan's stale and superseded transitions (listed in `out`) and put
+    its claim in flight under `epoch`; return the claim. The caller refreshes the lead."""
+    _settle(conn, plan.stale, "stale", now)
+    _settle(conn, plan.superseded, "superseded", now)
+    out.stale.extend(plan.stale)
+    out.superseded.extend(plan.superseded)
+    if plan.claim is not None:
+        conn.execute(
+            "UPDATE transitions SET state = 'in_flight', claim_epoch = ? WHERE id = ?",
+            (epoch, plan.claim.id),
+        )
+    return plan.claim
+
+
 def _claim_lead(
     conn: sqlite3.Connection,
     key: LeadKey,
@@ -185,16 +202,9 @@ def _claim_lead(
         # usually decides (only a run of stale heads needs the next).
         page = _pending(conn, key, -1 if coalesce else PAGE, after)
         plan = plan_lead(page, last_delivered, now, coalesce=coalesce)
-        _settle(conn, plan.stale, "stale", now)
-        _settle(conn, plan.superseded, "superseded", now)
-        out.stale.extend(plan.stale)
-        out.superseded.extend(plan.superseded)
-        if plan.claim is not None:
-            conn.execute(
-                "UPDATE transitions SET state = 'in_flight', claim_epoch = ? WHERE id = ?",
-                (epoch, plan.claim.id),
-            )
-            out.claimed.append(plan.claim)
+        claimed = apply_plan(conn, plan, now, epoch, out)
+        if claimed is not None:
+            out.claimed.append(claimed)
             return
         if coalesce or len(plan.stale) < PAGE:
             return
@@ -236,6 +246,11 @@ def claim_due(
             key = (account_id, lead_id)
             _claim_lead(conn, key, last_delivered, now, coalesce, epoch, out)
             refresh_leads(conn, [key])
+    return next_times(conn, now, out)
+
+
+def next_times(conn: sqlite3.Connection, now: float, out: Claim) -> Claim:
+    """`out` with the earliest future retry and the earliest scheduled follow-up."""
     (next_due_at,) = conn.execute(
         "SELECT min(next_attempt_at) FROM transitions"
         " WHERE state = 'pending' AND next_attempt_at > ?",
@@ -244,7 +259,7 @@ def claim_due(
     (followup_due_at,) = conn.execute(
         "SELECT min(due_at) FROM followups WHERE state = 'scheduled'"
     ).fetchone()
-    return Claim(out.claimed, out.superseded, out.stale, next_due_at, followup_due_at)
+    return Claim(out.claimed, out.superseded, out.stale, next_due_at, followup_due_at, out.batches)
 
 
 def expire_pending(
@@ -299,7 +314,7 @@ def _in_flight(conn: sqlite3.Connection, transition_id: int, epoch: int) -> Any:
 
 _ATTEMPT = (
     "first_attempt_at = coalesce(first_attempt_at, :now), last_attempt_at = :now,"
-    " http_status = :http_status, reason = :reason"
+    " http_status = :http_status, reason = :reason, batch_id = NULL"
 )
 
 

@@ -12,15 +12,10 @@ from typing import Any
 
 from bridge.models import Outcome
 from bridge.store.base import LedgerEntry, Stats, StoredEvent, TransitionState
-from bridge.store.rows import FOLLOWUP, ledger_entry, stored_event
+from bridge.store.rows import FOLLOWUP, LEDGER, ledger_entry, stored_event
 from bridge.store.sqlite.followups import counts, next_due
 from bridge.store.sqlite.queue import FROM, IN_IDS, LeadKey
 
-LEDGER = (
-    "t.id, e.source, e.event_id, t.rule, t.account_id, t.lead_id, t.status, t.notes, t.state,"
-    " t.occurred_at, t.created_at, t.attempts, t.first_attempt_at, t.last_attempt_at,"
-    " t.next_attempt_at, t.http_status, t.reason, e.pk, t.origin"
-)
 EVENT = "pk, source, event_id, occurred_at, received_at, payload, headers, outcome, rule, reason"
 
 

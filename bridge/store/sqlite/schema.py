@@ -137,6 +137,21 @@ MIGRATIONS: tuple[Migration, ...] = (
         "CREATE UNIQUE INDEX transitions_event_rule_origin ON transitions (event_pk, rule, origin)",
         "DROP INDEX transitions_event_rule",  # the wider key keeps its guarantee
     ),
+    # Bulk delivery (bridge/bulk.py): each bulk request that got an answer, and the one a
+    # transition's last attempt went in. Self-contained: relies on migrations 1 and 2 only.
+    (
+        """
+        CREATE TABLE batches (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,  -- never reused: ids are shown to operators
+            account_id INTEGER NOT NULL,
+            status TEXT NOT NULL,
+            size INTEGER NOT NULL,  -- leads in the request
+            http_status INTEGER,
+            sent_at REAL NOT NULL
+        )
+        """,
+        "ALTER TABLE transitions ADD COLUMN batch_id INTEGER",
+    ),
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -38,9 +38,11 @@ from urllib.parse import parse_qsl, unquote
 
 import orjson
 
+from bridge.bulk import BulkRules
 from bridge.errors import ConfigError, StorageError
 from bridge.models import Evaluation, Event, Outcome
 from bridge.store.base import (
+    BatchRecord,
     Claim,
     Firing,
     FollowUpEntry,
@@ -49,10 +51,12 @@ from bridge.store.base import (
     LedgerEntry,
     QueuedTransition,
     Replayed,
+    Settle,
     Stats,
     StoredEvent,
 )
 from bridge.store.rows import json_text
+from bridge.store.sqlite import bulk as b
 from bridge.store.sqlite import followups as f
 from bridge.store.sqlite import queue as q
 from bridge.store.sqlite.reads import (
@@ -326,6 +330,38 @@ class SqliteStore:
             only_account=only_account,
         )
         return await self._w().submit("claim_due", work)
+
+    async def claim_requests(
+        self,
+        now: float,
+        requests: int,
+        *,
+        bulk: BulkRules,
+        coalesce: bool,
+        epoch: int,
+        skip_accounts: Collection[int] = (),
+    ) -> Claim:
+        work = partial(
+            b.claim_requests,
+            now=now,
+            requests=requests,
+            bulk=bulk,
+            coalesce=coalesce,
+            epoch=epoch,
+            skip_accounts=skip_accounts,
+        )
+        return await self._w().submit("claim_requests", work)
+
+    async def settle_many(
+        self,
+        settles: Sequence[Settle],
+        now: float,
+        *,
+        batch: BatchRecord | None = None,
+        epoch: int,
+    ) -> int | None:
+        work = partial(b.settle_many, settles=settles, now=now, batch=batch, epoch=epoch)
+        return await self._w().submit("settle_many", work)
 
     async def fire_followups(self, now: float, limit: int, *, epoch: int) -> Firing:
         work = partial(f.fire_due, now=now, limit=limit, epoch=epoch)

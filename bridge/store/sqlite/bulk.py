@@ -1,0 +1,118 @@
+"""Bulk delivery in SQLite: claiming several leads' heads as requests, and settling a
+batch's transitions in one transaction (bridge/bulk.py decides; this carries it out).
+
+Plain functions over a connection inside the writer's transaction, like queue.py.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Collection, Sequence
+from typing import Any
+
+from bridge.bulk import BulkRules, plan_claim, scan_size
+from bridge.store.base import BatchRecord, Claim, QueuedTransition, Settle
+from bridge.store.rows import queued
+from bridge.store.sqlite import queue as q
+
+# The pending transitions of a set of leads (a JSON list of [account, lead]), per lead
+# in (occurred_at, id) order: one statement for the whole scan.
+_PENDING = f"""
+    WITH k (a, l) AS (
+        SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]') FROM json_each(?)
+    )
+    SELECT {q.QUEUED} FROM k
+    JOIN transitions t ON t.account_id = k.a AND t.lead_id = k.l AND t.state = 'pending'
+    JOIN events e ON e.pk = t.event_pk
+    ORDER BY t.account_id, t.lead_id, t.occurred_at, t.id
+"""  # noqa: S608 - constant fragments only
+
+
+def claim_requests(
+    conn: sqlite3.Connection,
+    now: float,
+    requests: int,
+    bulk: BulkRules,
+    coalesce: bool,
+    epoch: int,
+    skip_accounts: Collection[int] = (),
+) -> Claim:
+    """Claim up to `requests` requests among the oldest due leads; see Store.claim_requests."""
+    q.check_epoch(conn, epoch)
+    column = "last_due_at" if coalesce else "first_due_at"
+    where = f"{column} <= ?"
+    params: list[Any] = [now]
+    if skip_accounts:
+        where += f" AND account_id NOT {q.IN_IDS}"
+        params.append(json.dumps(sorted(skip_accounts)))
+    leads = conn.execute(
+        f"SELECT account_id, lead_id, last_delivered_at FROM leads"  # noqa: S608
+        f" WHERE {where} ORDER BY {column}, account_id, lead_id LIMIT ?",
+        (*params, scan_size(requests, bulk)),
+    ).fetchall()
+    keys = [(row[0], row[1]) for row in leads]
+    pending: dict[tuple[int, int], list[QueuedTransition]] = {}
+    for row in conn.execute(_PENDING, (json.dumps(keys),)).fetchall():
+        t = queued(row)
+        pending.setdefault((t.account_id, t.lead_id), []).append(t)
+    plan = plan_claim(
+        [((row[0], row[1]), row[2]) for row in leads],
+        pending,
+        now,
+        coalesce=coalesce,
+        requests=requests,
+        rules=bulk,
+    )
+    out = Claim(claimed=[], superseded=[], stale=[], next_due_at=None)
+    for lead_plan in plan.plans:
+        q.apply_plan(conn, lead_plan, now, epoch, out)
+    q.refresh_leads(conn, plan.leads())
+    plan.sort_into(out)
+    return q.next_times(conn, now, out)
+
+
+def settle_many(
+    conn: sqlite3.Connection,
+    settles: Sequence[Settle],
+    now: float,
+    batch: BatchRecord | None,
+    epoch: int,
+) -> int | None:
+    """Settle each claim as its own settle would, and record the batch; all or nothing
+    (the writer rolls the transaction back when one raises LeaseLost)."""
+    for s in settles:
+        assignments, params = _assignments(s, now)
+        q.settle_claim(
+            conn,
+            s.transition_id,
+            assignments,
+            params,
+            epoch=epoch,
+            delivered=s.outcome == "delivered",
+        )
+    if batch is None:
+        return None
+    batch_id = conn.execute(
+        "INSERT INTO batches (account_id, status, size, http_status, sent_at)"
+        " VALUES (?, ?, ?, ?, ?) RETURNING id",
+        (batch.account_id, str(batch.status), batch.size, batch.http_status, batch.sent_at),
+    ).fetchone()[0]
+    attempted = [s.transition_id for s in settles if s.outcome != "release"]
+    conn.execute(
+        f"UPDATE transitions SET batch_id = ? WHERE id {q.IN_IDS}",  # noqa: S608
+        (batch_id, json.dumps(attempted)),
+    )
+    return int(batch_id)
+
+
+def _assignments(s: Settle, now: float) -> tuple[str, dict[str, Any]]:
+    attempt = {"now": now, "http_status": s.http_status, "reason": q.text(s.reason)}
+    if s.outcome == "delivered":
+        return q.DELIVERED, attempt
+    if s.outcome == "dead":
+        return q.DEAD, attempt
+    if s.outcome == "release":
+        return q.RELEASE, {"next": s.next_attempt_at}
+    retry = {"next": s.next_attempt_at, "counts": int(s.counts), "not_found": int(s.not_found)}
+    return q.RETRY, {**attempt, **retry}
