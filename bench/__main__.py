@@ -10,6 +10,7 @@ python -m bench profile [--duration 12] [--against REV]   (needs py-spy; not in 
 python -m bench console [--events 10000,100000] [--requests 300]
 python -m bench handover [--runs 3] [--ttl 6] [--idle 30] [--postgres DSN]
 python -m bench followups [--count 100000] [--runs 3] [--baseline-src DIR] [--postgres DSN]
+python -m bench bulk [--count 20000] [--unknown-count 5000] [--rate 10] [--patch-seconds 20]
 python -m bench all
 """
 
@@ -29,6 +30,7 @@ SCENARIOS = (
     "console",
     "handover",
     "followups",
+    "bulk",
 )
 # `all`: every scenario with its defaults; delivery's rate accuracy at both limits.
 ALL: tuple[tuple[str, list[str]], ...] = (
@@ -43,6 +45,7 @@ ALL: tuple[tuple[str, list[str]], ...] = (
     ("console", []),
     ("handover", []),
     ("followups", []),
+    ("bulk", []),
 )
 
 

@@ -25,6 +25,7 @@ Nothing here does I/O or reads a clock.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -36,6 +37,42 @@ from bridge.store.base import Claim, QueuedTransition
 from bridge.voxys import Reply
 
 BULK_PATH = "/api/v1/accounts/{account_id}/leads/bulk"
+
+
+def bulk_path(account_id: int) -> str:
+    """The bulk endpoint's path, from a validated integer only (never from raw text)."""
+    if type(account_id) is not int or account_id <= 0:
+        raise ValueError(f"account_id must be a positive integer, not {account_id!r}")
+    return BULK_PATH.format(account_id=account_id)
+
+
+def bulk_body(lead_ids: Sequence[int], status: str) -> dict[str, Any]:
+    """A bulk status change of `lead_ids` (positive integers) to `status`."""
+    for lead_id in lead_ids:
+        if type(lead_id) is not int or lead_id <= 0:
+            raise ValueError(f"lead_id must be a positive integer, not {lead_id!r}")
+    return {
+        "lead_ids": list(lead_ids),
+        "action_type": "status_change",
+        "params": {"status": status},
+    }
+
+
+def read_answer(reply: Reply, raw: bytes) -> BulkReply:
+    """A bulk answer's `success` and `affected_count`, when its body has them."""
+    try:
+        doc = json.loads(raw) if raw else None
+    except ValueError:
+        doc = None
+    if not isinstance(doc, dict):
+        return BulkReply(reply)
+    success = doc.get("success")
+    affected = doc.get("affected_count")
+    return BulkReply(
+        reply,
+        success if isinstance(success, bool) else None,
+        affected if type(affected) is int and affected >= 0 else None,
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -204,6 +204,7 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
                 args.rate_limit,
                 as_json=args.json,
                 failures=args.fail or (),
+                bulk=not args.no_bulk,
             )
         )
     except KeyboardInterrupt:
@@ -325,6 +326,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="STATUS[:COUNT]",
         help="answer status changes with STATUS, COUNT times (then normally) or always "
         "without COUNT, e.g. 422 (dead letters) or 500:3 (retries); repeatable, in order",
+    )
+    p.add_argument(
+        "--no-bulk",
+        action="store_true",
+        help="answer the bulk endpoint 404, as a Voxys without it (voxys.bulk falls back)",
     )
     p.add_argument("--json", action="store_true", help="print each call as a JSON line")
     p.set_defaults(func=cmd_sandbox)

@@ -45,7 +45,7 @@ from typing import Final
 import structlog
 from aiohttp import web
 
-from bridge import followups
+from bridge import batches, followups
 from bridge.answers import Reply, Verdict, classify
 from bridge.config import RetryConfig
 from bridge.errors import LeaseLost, StorageError
@@ -53,7 +53,7 @@ from bridge.lease import Term, Timing, holder_name
 from bridge.pauses import AuthPauses
 from bridge.retry import Action, Decision, decide, refused_reason
 from bridge.runtime import RUNTIME, Runtime
-from bridge.store.base import Backend, Lease, Listening, QueuedTransition, Wakeup
+from bridge.store.base import Backend, Claim, Lease, Listening, QueuedTransition, Wakeup
 from bridge.voxys import VoxysClient
 
 log = structlog.get_logger("bridge.delivery")
@@ -111,6 +111,11 @@ class Deliverer:
         self._news = True
         if self._idle:
             self._wake.set()
+
+    @staticmethod
+    def fields(t: QueuedTransition) -> dict[str, object]:
+        """A transition's log fields (bridge/batches.py logs with them too)."""
+        return _fields(t)
 
     @property
     def config(self) -> RetryConfig:
@@ -171,17 +176,13 @@ class Deliverer:
         try:
             claimed = await self._probe(now, room)
             if room - claimed > 0:
-                claim = await self.runtime.store.claim_due(
-                    now,
-                    min(room - claimed, max(1, rate)),
-                    coalesce=voxys.coalesce,
-                    epoch=self.term.epoch,
-                    skip_accounts=self.pauses.skipped(),
-                )
+                claim = await self._claim(now, min(room - claimed, max(1, rate)))
                 self._report(claim.superseded, claim.stale)
                 for t in claim.claimed:
                     self._start(t, probe=False)
-                claimed += len(claim.claimed)
+                for members in claim.batches:  # one request each (bridge/batches.py)
+                    self._track(asyncio.create_task(batches.deliver(self, members)))
+                claimed += len(claim.claimed) + len(claim.batches)
                 next_due_at = claim.next_due_at
                 self.followups_at = claim.followup_due_at
         except StorageError as exc:
@@ -270,8 +271,31 @@ class Deliverer:
             self.runtime.metrics.settled("stale")
             log.info("transition.stale", **_fields(t))
 
+    async def _claim(self, now: float, requests: int) -> Claim:
+        """Claim up to `requests` requests' worth: in batches when bulk is on."""
+        voxys, store = self.runtime.bundle.config.voxys, self.runtime.store
+        bulk = self.runtime.delivery.bulk.rules(voxys.bulk, self.runtime.bundle.loaded.rules)
+        if bulk is None:
+            return await store.claim_due(
+                now,
+                requests,
+                coalesce=voxys.coalesce,
+                epoch=self.term.epoch,
+                skip_accounts=self.pauses.skipped(),
+            )
+        return await store.claim_requests(
+            now,
+            requests,
+            bulk=bulk,
+            coalesce=voxys.coalesce,
+            epoch=self.term.epoch,
+            skip_accounts=self.pauses.skipped(),
+        )
+
     def _start(self, t: QueuedTransition, *, probe: bool) -> None:
-        task = asyncio.create_task(self._send(t, probe=probe))
+        self._track(asyncio.create_task(self._send(t, probe=probe)))
+
+    def _track(self, task: asyncio.Task[None]) -> None:
         self._tasks.add(task)
         task.add_done_callback(self._done)
 

@@ -3,8 +3,8 @@
 Used as the Voxys server in our tests and by `voxys-bridge sandbox` (bridge/sandbox.py) and
 `demo`, so rules can be tried without touching real leads. It speaks
 `PATCH /api/v1/accounts/{account_id}/leads/{id}/status`, and
-`GET /api/v1/accounts/{account_id}/leads` (what `check --online` asks; see
-shared/VOXYS_API.md).
+`GET /api/v1/accounts/{account_id}/leads` (what `check --online` asks) and the bulk
+status change `POST /api/v1/accounts/{account_id}/leads/bulk` (see shared/VOXYS_API.md).
 
 Answers, in the order they are decided (Rails conventions, as the reference implies):
 
@@ -19,6 +19,12 @@ Answers, in the order they are decided (Rails conventions, as the reference impl
 - a non-integer id, or an unknown lead when leads were seeded: 404;
 - a body that is not JSON: 400; a missing or invalid `status`, or `notes` that is neither
   a string nor null: 422 `{"error": <message>}`;
+- bulk: `bulk = False` makes the endpoint absent (404, as a Voxys without it); more
+  `lead_ids` than `bulk_limit` answer `bulk_limit_status` (413); a body without a list
+  of lead ids, an action other than `status_change` or an invalid `params.status`: 422;
+  otherwise 200 `{"success": true, "affected_count": n}`, n counting the leads found
+  (every lead, unless leads were seeded or named in `unknown_leads`): the status is set
+  on those, the others are left out, as the real endpoint's count implies;
 - otherwise 200: the lead object at the top level plus `"message": "Status updated."`
   (the reference documents "Status updated." and the lead object; a client must not rely
   on `message`). An absent `notes` keeps the lead's notes; `null` clears them.
@@ -50,6 +56,7 @@ from typing import Any
 from aiohttp import web
 
 STATUS_PATH = "/api/v1/accounts/{account_id}/leads/{lead_id}/status"
+BULK_PATH = "/api/v1/accounts/{account_id}/leads/bulk"
 LEADS_PATH = "/api/v1/accounts/{account_id}/leads"
 PER_PAGE = 25  # the reference's default page size
 STATUSES = ("open", "won", "lost", "snoozed")
@@ -184,6 +191,10 @@ class FakeVoxys:
         self.fail_ratio = 0.0
         self.fail_status = 503
         self.refused_accounts: set[int] = set()  # the token has no access to these: 403
+        self.unknown_leads: set[tuple[int, int]] = set()  # these do not exist: 404
+        self.bulk = True  # False: no bulk endpoint (404), as an older Voxys
+        self.bulk_limit: int | None = None  # more lead ids than this: bulk_limit_status
+        self.bulk_limit_status = 413
         self._failures: list[list[int | None]] = []  # [status, remaining or None]: fail_next
         # Called once per call after it is answered (or dropped); the sandbox prints it.
         self.on_call: Callable[[Call], None] | None = None
@@ -233,6 +244,7 @@ class FakeVoxys:
         """The aiohttp application: one route, the fault middleware in front of it."""
         app = web.Application(middlewares=[self._middleware])
         app.router.add_route("PATCH", STATUS_PATH, self._patch_status)
+        app.router.add_post(BULK_PATH, self._bulk_status)
         app.router.add_get(LEADS_PATH, self._list_leads)
         return app
 
@@ -345,7 +357,7 @@ class FakeVoxys:
         if account_id is None or lead_id is None:
             return _error(404, "Resource could not be found")
         key = (account_id, lead_id)
-        if self._seeded and key not in self.leads:
+        if not self._exists(key):
             return _error(404, "Resource could not be found")
         failing = self._take_failure()
         if failing is not None:
@@ -367,6 +379,44 @@ class FakeVoxys:
             lead.update(changes, updated_at=iso(self._wall_clock()))
         self.leads[key] = lead
         return _json(200, {"message": "Status updated.", **lead})
+
+    def _exists(self, key: tuple[int, int]) -> bool:
+        return key not in self.unknown_leads and (not self._seeded or key in self.leads)
+
+    async def _bulk_status(self, request: web.Request) -> web.StreamResponse:
+        if not self.bulk:
+            return _error(404, "Not Found")
+        if not self._accepts(request.headers.get(AUTH_HEADER)):
+            return _error(401, "Invalid Access Token")
+        account_id = _int_or_none(request.match_info["account_id"])
+        if account_id in self.refused_accounts:
+            return _error(403, "You are not authorized to access this account")
+        if account_id is None:
+            return _error(404, "Resource could not be found")
+        failing = self._take_failure()
+        if failing is not None:
+            headers = {"Retry-After": "1"} if failing in (429, 503) else None
+            reason = web.Response(status=failing).reason or "Failed"
+            return _json(failing, {"error": f"{reason} (sandbox --fail)"}, headers)
+        body = _json_object(await request.read())
+        problem = _invalid_bulk(body)
+        if problem is not None or body is None:
+            return _error(422, problem or "a JSON object body is required")
+        lead_ids = body["lead_ids"]
+        if self.bulk_limit is not None and len(lead_ids) > self.bulk_limit:
+            return _error(self.bulk_limit_status, f"at most {self.bulk_limit} lead_ids")
+        affected = 0
+        now = self._wall_clock()
+        for lead_id in dict.fromkeys(lead_ids):
+            key = (account_id, lead_id)
+            if not self._exists(key):
+                continue
+            affected += 1
+            lead = self.leads.get(key) or new_lead(account_id, lead_id, now)
+            if lead["status"] != body["params"]["status"]:
+                lead.update(status=body["params"]["status"], updated_at=iso(now))
+            self.leads[key] = lead
+        return _json(200, {"success": True, "affected_count": affected})
 
     async def _list_leads(self, request: web.Request) -> web.StreamResponse:
         if not self._accepts(request.headers.get(AUTH_HEADER)):
@@ -412,6 +462,22 @@ def _invalid(body: Any) -> str | None:
         return f"status must be one of {', '.join(STATUSES)}"
     if "notes" in body and body["notes"] is not None and not isinstance(body["notes"], str):
         return "notes must be a string or null"
+    return None
+
+
+def _invalid_bulk(body: dict[str, Any] | None) -> str | None:
+    if body is None:
+        return None
+    ids = body.get("lead_ids")
+    if not isinstance(ids, list) or not ids:
+        return "lead_ids must be a non-empty list of lead ids"
+    if not all(type(i) is int and i > 0 for i in ids):
+        return "lead_ids must be positive integers"
+    if body.get("action_type") != "status_change":
+        return "the sandbox only takes action_type status_change"
+    params = body.get("params")
+    if not isinstance(params, dict) or params.get("status") not in STATUSES:
+        return f"params.status must be one of {', '.join(STATUSES)}"
     return None
 
 

@@ -55,6 +55,18 @@ class Metrics:
             buckets=(0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
             registry=r,
         )
+        self.requests = Counter(
+            "bridge_voxys_requests",
+            "Requests sent to Voxys by kind: patch (one lead) or bulk (several)",
+            ["kind"],
+            registry=r,
+        )
+        self.leads_per_request = Histogram(
+            "bridge_voxys_leads_per_request",
+            "Leads whose status one request to Voxys changes",
+            buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000),
+            registry=r,
+        )
         self.limiter_wait = Counter(
             "bridge_rate_limiter_wait_seconds",
             "Time spent waiting on the Voxys rate limit",
@@ -119,7 +131,10 @@ class Metrics:
             child = self._events[key] = self.events.labels(source=source, outcome=key[1])
         child.inc()
 
-    def attempt(self, http_status: int | None, seconds: float) -> None:
+    def attempt(self, http_status: int | None, seconds: float, *, leads: int = 1) -> None:
+        """One request sent: a PATCH, or a bulk request for `leads` leads."""
+        self.requests.labels(kind="bulk" if leads > 1 else "patch").inc()
+        self.leads_per_request.observe(leads)
         cls = status_class(http_status)
         self.attempts.labels(status_class=cls).inc()
         self.latency.labels(status_class=cls).observe(seconds)

@@ -13,6 +13,7 @@ from typing import Any
 
 from aiohttp import web
 
+from bridge.bulk import BulkState
 from bridge.bundle import Bundle
 from bridge.metrics import Metrics
 from bridge.pacing import Pace
@@ -30,6 +31,7 @@ class DeliveryState:
     epoch: int | None = None  # of the lease term, while delivering
     pauses: AuthPauses = field(default_factory=AuthPauses)  # accounts whose token is refused
     pace: Pace | None = None  # the Voxys client's, while delivery runs in this process
+    bulk: BulkState = field(default_factory=BulkState)  # what was learnt of the bulk endpoint
 
     def paused_json(self) -> dict[str, Any]:
         return {

@@ -62,6 +62,7 @@ async def run_sandbox(
     stream: TextIO | None = None,
     as_json: bool = False,
     failures: Iterable[tuple[int, int | None]] = (),
+    bulk: bool = True,
 ) -> None:
     """Serve a fake Voxys until cancelled; print the base URL, then one line per call.
 
@@ -72,6 +73,7 @@ async def run_sandbox(
     fake = FakeVoxys(tokens=tokens, seed_leads=seed_leads)
     fake.latency = latency
     fake.fail_rate_limit = rate_limit
+    fake.bulk = bulk
     for status, count in failures:
         fake.fail_next(status, count)
     render = call_json if as_json else call_line
@@ -94,7 +96,12 @@ def call_line(call: Call) -> str:
     """One line for a call: method, path, answer, and the status and notes it asked for."""
     answered = "dropped" if call.dropped else str(call.status)
     line = f"{call.method} {call.path} -> {answered}"
-    if call.body is not None:
+    if call.body is not None and "lead_ids" in call.body:
+        leads = call.body["lead_ids"]
+        shown = ",".join(map(str, leads[:5])) + (",…" if len(leads) > 5 else "")
+        line += f" status={(call.body.get('params') or {}).get('status')!r}"
+        line += f" leads={len(leads)} [{shown}]"
+    elif call.body is not None:
         notes = call.body.get("notes")
         line += f" status={call.body.get('status')!r}"
         if notes is not None:

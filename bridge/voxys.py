@@ -183,11 +183,17 @@ class VoxysClient:
         `fence` is asked immediately before the request is written (after any wait for
         the rate limit); when it says no, nothing is sent and the Reply says `sent=False`.
         """
-        assert self._session is not None, "VoxysClient.start() first"
-        url = self.base_url + status_path(account_id, lead_id)
         body: dict[str, str] = {"status": str(status)}
         if notes is not None:
             body["notes"] = notes
+        reply, _ = await self.request("PATCH", status_path(account_id, lead_id), body, fence)
+        return reply
+
+    async def request(
+        self, method: str, path: str, body: dict[str, Any], fence: Fence | None
+    ) -> tuple[Reply, bytes]:
+        """One paced request with a JSON body: the Reply and the answer's raw body."""
+        assert self._session is not None, "VoxysClient.start() first"
         headers = {
             "api_access_token": self._token.get_secret_value(),
             "Content-Type": "application/json",
@@ -195,22 +201,27 @@ class VoxysClient:
         await self.pacer.acquire()
         started = time.monotonic()
         try:
-            async with self._session.patch(
-                url, data=json.dumps(body), headers=headers, trace_request_ctx=_Send(fence)
+            async with self._session.request(
+                method,
+                self.base_url + path,
+                data=json.dumps(body),
+                headers=headers,
+                trace_request_ctx=_Send(fence),
             ) as resp:
                 raw = await resp.read()
                 latency = time.monotonic() - started
                 retry_after = parse_retry_after(resp.headers.get("Retry-After"), time.time())
                 ok = 200 <= resp.status < 300
-                return Reply(
+                reply = Reply(
                     status=resp.status,
                     latency_s=latency,
                     retry_after=retry_after,
                     message=None if ok else error_message(raw) or resp.reason,
                 )
+                return reply, raw
         except NotSent:
-            return Reply(None, 0.0, error="not sent: delivery lease expired", sent=False)
+            return Reply(None, 0.0, error="not sent: delivery lease expired", sent=False), b""
         except TimeoutError:
-            return Reply(None, time.monotonic() - started, error="timeout")
+            return Reply(None, time.monotonic() - started, error="timeout"), b""
         except aiohttp.ClientError as exc:
-            return Reply(None, time.monotonic() - started, error=type(exc).__name__)
+            return Reply(None, time.monotonic() - started, error=type(exc).__name__), b""
