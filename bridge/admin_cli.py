@@ -252,6 +252,16 @@ def _rule_label(e: LedgerEntry) -> str:
     return f"{e.rule} (follow-up {e.follow_up.id})" if e.follow_up else f"{e.rule} (follow-up)"
 
 
+def _reason(e: LedgerEntry) -> str | None:
+    """The reason, after the bulk request the last attempt went in, if any."""
+    if e.batch_id is None:
+        return e.reason
+    text = f"batch {e.batch_id} of {e.batch_size} leads"
+    if e.notes_dropped:
+        text += ", notes not sent (voxys.bulk.notes: drop)"
+    return f"{text}; {e.reason}" if e.reason else text
+
+
 def _ledger_table(entries: Sequence[LedgerEntry], now: float) -> str:
     headers = [
         "time",
@@ -274,7 +284,7 @@ def _ledger_table(entries: Sequence[LedgerEntry], now: float) -> str:
             _rule_label(e),
             f"{e.source}/{e.event_id}",
             e.attempts,
-            e.reason,
+            _reason(e),
         ]
         for e in entries
     ]

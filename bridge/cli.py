@@ -205,6 +205,7 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
                 as_json=args.json,
                 failures=args.fail or (),
                 bulk=not args.no_bulk,
+                bulk_limit=args.bulk_limit,
             )
         )
     except KeyboardInterrupt:
@@ -331,6 +332,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-bulk",
         action="store_true",
         help="answer the bulk endpoint 404, as a Voxys without it (voxys.bulk falls back)",
+    )
+    p.add_argument(
+        "--bulk-limit",
+        type=_arg(sandbox.parse_bulk_limit),
+        default=None,
+        metavar="LEADS[:STATUS]",
+        help="answer bulk requests with more lead ids than LEADS with STATUS (default 413)",
     )
     p.add_argument("--json", action="store_true", help="print each call as a JSON line")
     p.set_defaults(func=cmd_sandbox)

@@ -40,6 +40,18 @@ def parse_failure(text: str) -> tuple[int, int | None]:
     return parsed
 
 
+def parse_bulk_limit(text: str) -> tuple[int, int]:
+    """Parse `50` or `50:422` (most lead ids, the status beyond) for `--bulk-limit`."""
+    limit, sep, status = text.partition(":")
+    try:
+        parsed = (int(limit), int(status) if sep else 413)
+    except ValueError:
+        parsed = (0, 0)
+    if parsed[0] < 1 or not 400 <= parsed[1] <= 499:
+        raise ValueError(f"expected LIMIT[:STATUS] with LIMIT >= 1 and a 4xx STATUS, got {text!r}")
+    return parsed
+
+
 def parse_rate_limit(text: str) -> tuple[int, float]:
     """Parse `10/1` (requests per seconds) for `--rate-limit`."""
     requests, sep, seconds = text.partition("/")
@@ -63,6 +75,7 @@ async def run_sandbox(
     as_json: bool = False,
     failures: Iterable[tuple[int, int | None]] = (),
     bulk: bool = True,
+    bulk_limit: tuple[int, int] | None = None,
 ) -> None:
     """Serve a fake Voxys until cancelled; print the base URL, then one line per call.
 
@@ -74,6 +87,8 @@ async def run_sandbox(
     fake.latency = latency
     fake.fail_rate_limit = rate_limit
     fake.bulk = bulk
+    if bulk_limit is not None:
+        fake.bulk_limit, fake.bulk_limit_status = bulk_limit
     for status, count in failures:
         fake.fail_next(status, count)
     render = call_json if as_json else call_line

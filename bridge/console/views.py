@@ -24,6 +24,8 @@ MASK: Final = "•••• masked"
 # `LedgerEntry.as_json` shows without touching the console.
 LEDGER_LAID_OUT: Final = frozenset(
     {
+        "batch",
+        "notes_dropped",
         "id",
         "event_pk",
         "source",

@@ -53,18 +53,22 @@ class Arrival:
     lead: int | None
     status: str | None  # the lead status it asked for
     http: int | None  # what the sandbox answered (None: dropped)
+    bulk: bool = False  # one of a bulk request's leads
 
 
 class Sandbox:
     """`voxys-bridge sandbox --json` in a process of its own, as Voxys is."""
 
-    def __init__(self, directory: Path, token: str, *, latency: float = 0.0) -> None:
+    def __init__(
+        self, directory: Path, token: str, *, latency: float = 0.0, extra: Sequence[str] = ()
+    ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = directory / f"sandbox-{self.port}.jsonl"
         argv = [SCRIPT, "sandbox", "--port", str(self.port), "--token", token, "--json"]
         if latency:
             argv += ["--latency", str(latency)]
+        argv += list(extra)
         with self.log.open("w") as out:
             self.proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.DEVNULL)
         # Arrivals are stamped when the sandbox gets to them: descheduled for 100 ms on a
@@ -92,15 +96,26 @@ class Sandbox:
                 urllib.request.urlopen(f"{self.url}/warm-up", timeout=5).close()  # noqa: S310
 
     def arrivals(self) -> list[Arrival]:
+        """Every lead a request asked to change, one per lead (a bulk request's too)."""
         out = []
+        for call in self.requests():
+            body = call["body"] or {}
+            if call["method"] == "PATCH":
+                out.append(Arrival(call["at"], call["lead_id"], body.get("status"), call["status"]))
+            for lead in body.get("lead_ids") or ():
+                status = (body.get("params") or {}).get("status")
+                out.append(Arrival(call["at"], lead, status, call["status"], bulk=True))
+        return sorted(out, key=lambda a: a.at)
+
+    def requests(self) -> list[dict[str, Any]]:
+        """Every PATCH and bulk POST as the sandbox logged it, in arrival order."""
+        calls = []
         for line in self.log.read_text().splitlines():
             if line.startswith("{"):
                 call = json.loads(line)
-                if call["method"] != "PATCH":  # the warm-up
-                    continue
-                body = call["body"] or {}
-                out.append(Arrival(call["at"], call["lead_id"], body.get("status"), call["status"]))
-        return sorted(out, key=lambda a: a.at)
+                if call["method"] in ("PATCH", "POST"):  # not the warm-up
+                    calls.append(call)
+        return sorted(calls, key=lambda c: c["at"])
 
     def stop(self) -> None:
         if self.proc.poll() is None:
