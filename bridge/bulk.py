@@ -4,12 +4,15 @@ Voxys changes the status of many leads of one account in one request
 (`POST /api/v1/accounts/{id}/leads/bulk`, no notes; shared/VOXYS_API.md). The rate limit
 counts requests, so a batch moves up to `max_batch` leads for the price of one PATCH.
 
-Choosing requests (`plan_requests`). Requests go out oldest first, as PATCHes always
-did: the next request serves the oldest due lead head. When that head may go in bulk
-and at least `min_batch` due heads share its (account, status), the request is a batch
-of up to `max_batch` of them, oldest first; otherwise it is the head's own PATCH. So a
-lone event is PATCHed at once (nothing waits to fill a batch), a backlog goes out in
-batches, and no transition is passed over by younger ones for ever.
+Choosing requests (`plan_requests`), each time the worker claims (at most one rate
+window's worth of requests): when at least `min_batch` due lead heads that may go in
+bulk share an (account, status), they go as batches of up to `max_batch`, the group
+holding the oldest head first, since a batch moves the most leads per request. Every
+claim starts with the oldest due head that cannot go in a batch (notes kept, a
+`bulk: false` rule, a group too small), as its own PATCH: a lone event goes out at
+once (nothing waits to fill a batch), and a transition that must be PATCHed is never
+starved by a stream of batches. A remainder of a group smaller than `min_batch` waits
+for the next claim.
 
 Reading an answer (`judge`). `affected_count == len(lead_ids)`: every lead delivered.
 Fewer: Voxys found fewer leads than it was sent, and the bulk change was applied to the
@@ -132,27 +135,30 @@ def plan_requests(
     heads: Sequence[QueuedTransition], requests: int, rules: BulkRules
 ) -> list[list[QueuedTransition]]:
     """Up to `requests` requests from lead heads in due order (oldest first), at most one
-    head per lead: each a batch (two or more, one account and status) or one PATCH."""
-    groups: dict[tuple[int, str], list[int]] = {}
-    for i, t in enumerate(heads):
+    head per lead: the oldest head that cannot go in a batch first (its PATCH), then the
+    batches, the one holding the oldest head first, then more PATCHes."""
+    order = {t.id: i for i, t in enumerate(heads)}
+    groups: dict[tuple[int, str], list[QueuedTransition]] = {}
+    singles: list[QueuedTransition] = []
+    for t in heads:
         if rules.eligible(t):
-            groups.setdefault((t.account_id, str(t.status)), []).append(i)
-    taken = [False] * len(heads)
-    out: list[list[QueuedTransition]] = []
-    for i, head in enumerate(heads):
-        if len(out) >= requests:
-            break
-        if taken[i]:
+            groups.setdefault((t.account_id, str(t.status)), []).append(t)
+        else:
+            singles.append(t)
+    batches: list[list[QueuedTransition]] = []
+    for members in groups.values():  # in the order of their oldest heads
+        if len(members) < rules.min_batch:
+            singles += members
             continue
-        members = [i]
-        if rules.eligible(head):
-            group = [j for j in groups[(head.account_id, str(head.status))] if not taken[j]]
-            if len(group) >= rules.min_batch:
-                members = group[: rules.max_batch]
-        for j in members:
-            taken[j] = True
-        out.append([heads[j] for j in members])
-    return out
+        for start in range(0, len(members), rules.max_batch):
+            chunk = members[start : start + rules.max_batch]
+            if len(chunk) >= rules.min_batch:  # a short remainder waits for company
+                batches.append(chunk)
+    singles.sort(key=lambda t: order[t.id])
+    out = [[t] for t in singles[:1]]
+    out += batches[: requests - len(out)]
+    out += [[t] for t in singles[1 : 1 + requests - len(out)]]
+    return out[:requests]
 
 
 # --- answers --------------------------------------------------------------------------

@@ -59,8 +59,14 @@ def test_a_lone_head_is_patched_at_once() -> None:
 
 
 def test_a_backlog_goes_out_in_batches_of_at_most_max_batch() -> None:
+    heads = [head(n) for n in range(1, 12)]
+    # 9, 10 and 11 make a batch too; 1..4 and 5..8 are full ones.
+    assert leads(plan_requests(heads, 10, RULES)) == [[1, 2, 3, 4], [5, 6, 7, 8], [9, 10, 11]]
+
+
+def test_a_remainder_below_min_batch_waits_for_the_next_claim() -> None:
     heads = [head(n) for n in range(1, 11)]
-    assert leads(plan_requests(heads, 10, RULES)) == [[1, 2, 3, 4], [5, 6, 7, 8], [9], [10]]
+    assert leads(plan_requests(heads, 10, RULES)) == [[1, 2, 3, 4], [5, 6, 7, 8]]
 
 
 def test_fewer_than_min_batch_sharing_account_and_status_are_patched() -> None:
@@ -68,14 +74,21 @@ def test_fewer_than_min_batch_sharing_account_and_status_are_patched() -> None:
     assert leads(plan_requests(heads, 10, RULES)) == [[1], [2], [3], [4]]
 
 
-def test_the_oldest_head_is_served_first_and_its_batch_takes_younger_ones_along() -> None:
+def test_batches_go_oldest_group_first() -> None:
     heads = [head(1, "lost"), head(2), head(3), head(4, "lost"), head(5), head(6, "lost")]
     assert leads(plan_requests(heads, 10, RULES)) == [[1, 4, 6], [2, 3, 5]]
+
+
+def test_each_claim_starts_with_the_oldest_patch_so_batches_never_starve_it() -> None:
+    heads = [head(1, notes="a"), head(2, notes="b"), *(head(n) for n in range(3, 20))]
+    assert leads(plan_requests(heads, 3, RULES)) == [[1], [3, 4, 5, 6], [7, 8, 9, 10]]
+    assert leads(plan_requests(heads, 10, RULES))[-1] == [2]
 
 
 def test_no_more_requests_than_asked() -> None:
     heads = [head(n) for n in range(1, 11)]
     assert leads(plan_requests(heads, 1, RULES)) == [[1, 2, 3, 4]]
+    assert leads(plan_requests([head(1, notes="x"), *heads[1:]], 1, RULES)) == [[1]]
 
 
 def test_notes_keep_them_out_of_a_batch_unless_dropped() -> None:

@@ -225,7 +225,7 @@ def explain(bench: Bench, lead: int) -> str:
     from tests.reliability.conftest import SCRIPT
 
     assert bench.server is not None
-    done = subprocess.run(  # noqa: S603 - our own console script
+    done = subprocess.run(
         [SCRIPT, "explain", "--config", str(bench.server.config), "--lead", f"{ACCOUNT}/{lead}"],
         env=bench.env,
         capture_output=True,

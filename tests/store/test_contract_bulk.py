@@ -41,8 +41,10 @@ async def test_a_backlog_is_claimed_as_batches_of_one_account_and_status(
     got = await claim(store)
 
     assert [lead_ids(b) for b in got.batches] == [[1, 2, 3, 4, 5], [6, 7, 8, 9, 10]]
-    assert [t.lead_id for t in got.claimed] == [11, 12]  # two left: fewer than min_batch
-    assert all(s == ["in_flight"] for s in [await states(store, n) for n in range(1, 13)])
+    assert got.claimed == []  # two left, fewer than min_batch: they wait for company...
+    assert all(s == ["in_flight"] for s in [await states(store, n) for n in range(1, 11)])
+    rest = await claim(store)  # ... and go as PATCHes when nothing else is due
+    assert rest.batches == [] and [t.lead_id for t in rest.claimed] == [11, 12]
 
 
 async def test_a_lone_transition_is_claimed_for_a_patch(store: Store, events: Events) -> None:
