@@ -105,7 +105,7 @@ async def _delivered(
         attempt=max(t.attempts for t in members) + 1,
         latency_ms=round(reply.latency_s * 1000, 1),
         delivered=len(found),
-        not_found=len(members) - len(found) - len(verify) if verify else judged.missing,
+        not_found=judged.missing,  # by Voxys's count
         patched=len(verify),
         probes=probes,
         notes_dropped=sum(1 for t in found if t.notes is not None),
