@@ -19,19 +19,47 @@ answer is settled, so no other request for those leads can start meanwhile.
 from __future__ import annotations
 
 import random
-import time
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Protocol
 
 import structlog
 
+from bridge.answers import Reply
 from bridge.bulk import BulkReply, Judgement, Kind, Search, bulk_body, bulk_path, judge, read_answer
-from bridge.retry import Action, Decision, decide, describe
+from bridge.config import RetryConfig
+from bridge.lease import Term
+from bridge.pauses import AuthPauses
+from bridge.retry import Action, Decision, Pacing, decide, describe
+from bridge.runtime import Runtime
 from bridge.store.base import BatchRecord, QueuedTransition, Settle
-from bridge.voxys import Reply, Verdict, classify
+from bridge.voxys import VoxysClient
 
-if TYPE_CHECKING:
-    from bridge.delivery import Deliverer
+
+class Deliverer(Protocol):
+    """What a batch needs of the worker sending it (bridge.delivery.Deliverer)."""
+
+    runtime: Runtime
+    client: VoxysClient
+    term: Term
+    pauses: AuthPauses
+    rng: random.Random
+    clock: Callable[[], float]
+
+    @property
+    def config(self) -> RetryConfig: ...
+
+    def fields(self, t: QueuedTransition) -> dict[str, object]: ...
+
+    async def _settle(
+        self, op: str, write: Callable[[], Awaitable[None]], fields: dict[str, object]
+    ) -> bool: ...
+
+    def _learn_token(
+        self, account_id: int, reply: Reply, decision: Decision, now: float
+    ) -> None: ...
+
+    def _start(self, t: QueuedTransition, *, probe: bool) -> None: ...
+
 
 log = structlog.get_logger("bridge.delivery")
 
@@ -94,7 +122,7 @@ async def _delivered(
         ok, batch_id = await _write(d, settles, now, _record(members, reply, now), fields)
         if not ok:
             return
-        d.client.pacer.succeeded()
+        d.client.pacer.react(Pacing(recover=True))  # as after a delivered PATCH
         for t in found:
             d.runtime.metrics.settled("delivered")
             log.info(
@@ -195,7 +223,9 @@ async def _fail(
         decide(t, reply, now=now, retry=d.config, rng=random.Random(seed)) for t in members
     ]
     d._learn_token(members[0].account_id, reply, decisions[0], now)
-    _pace(d, reply)
+    retrying = [x for x in decisions if x.action is Action.RETRY]
+    if retrying:  # once for the request: a 429 halves the pace, a Retry-After pauses it
+        d.client.pacer.react(retrying[0].pacing)
     settles = [
         _settle_of(t, decision, reply, now) for t, decision in zip(members, decisions, strict=True)
     ]
@@ -224,17 +254,6 @@ async def _fail(
                 retry_in_s=round(decision.next_attempt_at - now, 3),
                 **d.fields(t),
             )
-
-
-def _pace(d: Deliverer, reply: Reply) -> None:
-    """What a 429 (or a 503 with Retry-After) does to the pacer, as after a PATCH."""
-    pacer = d.client.pacer
-    if classify(reply) is Verdict.THROTTLED:
-        pacer.throttled()
-        if reply.retry_after is not None:
-            pacer.pause_until(time.monotonic() + reply.retry_after)
-    elif reply.retry_after is not None and reply.status == 503:
-        pacer.pause_until(time.monotonic() + reply.retry_after)
 
 
 def _settle_of(t: QueuedTransition, decision: Decision, reply: Reply, now: float) -> Settle:

@@ -24,6 +24,9 @@ fewer than the counts allow; `Search` notices and PATCHes every lead it has not
 accounted for, so no lead is ever taken for delivered on an assumption.
 
 Nothing here does I/O or reads a clock.
+
+One concept: bulk delivery's rules, from choosing a batch to reading its answer and
+finding its missing leads; bridge/batches.py carries them out.
 """
 
 from __future__ import annotations
@@ -34,10 +37,10 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Final
 
+from bridge.answers import Reply
 from bridge.claims import LeadPlan, plan_lead
 from bridge.config import BulkConfig, LocatedRule
-from bridge.store.base import Claim, QueuedTransition
-from bridge.voxys import Reply
+from bridge.store.base import BulkRules, Claim, QueuedTransition
 
 BULK_PATH = "/api/v1/accounts/{account_id}/leads/bulk"
 
@@ -78,21 +81,12 @@ def read_answer(reply: Reply, raw: bytes) -> BulkReply:
     )
 
 
-@dataclass(frozen=True, slots=True)
-class BulkRules:
-    """What may go in bulk now: the configured bounds, as shrunk by this process."""
-
-    min_batch: int
-    max_batch: int
-    drop_notes: bool = False
-    patch_only_rules: frozenset[str] = frozenset()  # rules with `bulk: false`
-
-    def eligible(self, t: QueuedTransition) -> bool:
-        """May `t` go in a batch? Not with notes to keep, not from a `bulk: false` rule,
-        and not once answered 404: its next attempt must be its own, unambiguous PATCH."""
-        if t.notes is not None and not self.drop_notes:
-            return False
-        return t.rule not in self.patch_only_rules and t.not_found_attempts == 0
+def eligible(rules: BulkRules, t: QueuedTransition) -> bool:
+    """May `t` go in a batch? Not with notes to keep, not from a `bulk: false` rule, and
+    not once answered 404: its next attempt must be its own, unambiguous PATCH."""
+    if t.notes is not None and not rules.drop_notes:
+        return False
+    return t.rule not in rules.patch_only_rules and t.not_found_attempts == 0
 
 
 @dataclass
@@ -141,7 +135,7 @@ def plan_requests(
     groups: dict[tuple[int, str], list[QueuedTransition]] = {}
     singles: list[QueuedTransition] = []
     for t in heads:
-        if rules.eligible(t):
+        if eligible(rules, t):
             groups.setdefault((t.account_id, str(t.status)), []).append(t)
         else:
             singles.append(t)

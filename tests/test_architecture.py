@@ -19,6 +19,7 @@ BRIDGE = ROOT / "bridge"
 # The product's rules: plain functions and objects over bytes, dicts and a given time.
 PURE = (
     "bridge.answers",
+    "bridge.bulk",
     "bridge.claims",
     "bridge.config",
     "bridge.followups",

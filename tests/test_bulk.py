@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
+from bridge.answers import Reply
 from bridge.bulk import (
     BulkReply,
-    BulkRules,
     BulkState,
     Kind,
     Search,
@@ -16,8 +16,7 @@ from bridge.bulk import (
 )
 from bridge.config import BulkConfig, LocatedRule, RuleConfig
 from bridge.models import LeadStatus
-from bridge.store.base import QueuedTransition
-from bridge.voxys import Reply
+from bridge.store.base import BulkRules, QueuedTransition
 
 RULES = BulkRules(min_batch=3, max_batch=4)
 

@@ -35,12 +35,9 @@ from __future__ import annotations
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from bridge.models import Evaluation, Event, LeadStatus, Outcome
-
-if TYPE_CHECKING:
-    from bridge.bulk import BulkRules
 
 
 class FollowUpState(StrEnum):
@@ -164,6 +161,17 @@ class Claim:
     followup_due_at: float | None = None  # earliest due_at of a scheduled follow-up (or past)
     # `claim_requests` only: bulk requests, each two or more leads of one account and status.
     batches: list[list[QueuedTransition]] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class BulkRules:
+    """What `claim_requests` may put in a batch: the configured bounds, as shrunk by this
+    process (bridge/bulk.py decides which transitions are eligible)."""
+
+    min_batch: int
+    max_batch: int
+    drop_notes: bool = False
+    patch_only_rules: frozenset[str] = frozenset()  # rules with `bulk: false`
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,10 +11,9 @@ import asyncio
 
 import pytest
 
-from bridge.bulk import BulkRules
 from bridge.errors import LeaseLost
 from bridge.models import LeadStatus
-from bridge.store.base import BatchRecord, Settle, Store
+from bridge.store.base import BatchRecord, BulkRules, Settle, Store
 
 from .conftest import EPOCH, T0, Backend, Events
 

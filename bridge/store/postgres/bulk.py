@@ -11,8 +11,8 @@ from __future__ import annotations
 from collections.abc import Collection, Sequence
 from typing import Any
 
-from bridge.bulk import BulkRules, plan_claim, scan_size
-from bridge.store.base import BatchRecord, Claim, QueuedTransition, Settle
+from bridge.bulk import plan_claim, scan_size
+from bridge.store.base import BatchRecord, BulkRules, Claim, QueuedTransition, Settle
 from bridge.store.postgres import queue as q
 from bridge.store.rows import queued
 

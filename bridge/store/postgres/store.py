@@ -30,11 +30,11 @@ from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 import asyncpg
 
-from bridge.bulk import BulkRules
 from bridge.errors import ConfigError, LeaseLost, StorageError
 from bridge.models import Evaluation, Event, Outcome
 from bridge.store.base import (
     BatchRecord,
+    BulkRules,
     Claim,
     Firing,
     FollowUpEntry,

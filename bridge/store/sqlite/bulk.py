@@ -11,8 +11,8 @@ import sqlite3
 from collections.abc import Collection, Sequence
 from typing import Any
 
-from bridge.bulk import BulkRules, plan_claim, scan_size
-from bridge.store.base import BatchRecord, Claim, QueuedTransition, Settle
+from bridge.bulk import plan_claim, scan_size
+from bridge.store.base import BatchRecord, BulkRules, Claim, QueuedTransition, Settle
 from bridge.store.rows import queued
 from bridge.store.sqlite import queue as q
 

@@ -38,11 +38,11 @@ from urllib.parse import parse_qsl, unquote
 
 import orjson
 
-from bridge.bulk import BulkRules
 from bridge.errors import ConfigError, StorageError
 from bridge.models import Evaluation, Event, Outcome
 from bridge.store.base import (
     BatchRecord,
+    BulkRules,
     Claim,
     Firing,
     FollowUpEntry,
