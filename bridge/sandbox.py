@@ -10,9 +10,10 @@ import asyncio
 import json
 import sys
 from collections.abc import Iterable
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
-from bridge.fakevoxys import Call, FakeVoxys
+if TYPE_CHECKING:  # the fake server (and aiohttp) load only when the sandbox runs:
+    from bridge.fakevoxys import Call  # every other command starts faster without them
 
 
 def parse_seed_leads(text: str) -> list[tuple[int, int]]:
@@ -82,6 +83,8 @@ async def run_sandbox(
     `as_json`: each call as a JSON object (`at` is this process's monotonic clock when
     the request arrived), for tests that check timing from outside the process.
     """
+    from bridge.fakevoxys import FakeVoxys
+
     out = sys.stdout if stream is None else stream
     fake = FakeVoxys(tokens=tokens, seed_leads=seed_leads)
     fake.latency = latency
