@@ -12,8 +12,9 @@ answer is settled, so no other request for those leads can start meanwhile.
 - 401/403, 429, 5xx, timeouts, `success: false`: as for a PATCH, for the whole batch;
 - 400/413/422: the batch is refused as such: this process halves its largest batch and
   puts the leads back (no attempt counted), to go out in smaller batches;
-- 404/405: this Voxys has no bulk endpoint: bulk is off for the process (logged once)
-  and the leads go back to be PATCHed.
+- 405: this Voxys has no bulk endpoint: bulk is off for the process (logged once); 404:
+  no endpoint or no such account, Voxys cannot tell: bulk is off for that account (logged
+  once per account); either way the leads go back to be PATCHed.
 """
 
 from __future__ import annotations
@@ -81,10 +82,10 @@ async def deliver(d: Deliverer, members: Sequence[QueuedTransition]) -> None:
         return
     judged = judge(answer, len(members))
     if judged.kind is Kind.NO_ENDPOINT:
-        state = d.runtime.delivery.bulk
-        if state.missing is None:
-            state.missing = describe(reply)
-            log.warning("bulk.unavailable", reason=state.missing, fallback="patch", **fields)
+        reason = describe(reply)
+        if d.runtime.delivery.bulk.unavailable(first.account_id, reply.status, reason):
+            off_for = "account" if reply.status == 404 else "process"
+            log.warning("bulk.unavailable", reason=reason, off_for=off_for, **fields)
         await _release(d, members, now, fields)
         return
     d.pauses.answered(first.account_id, now)

@@ -82,11 +82,14 @@ def read_answer(reply: Reply, raw: bytes) -> BulkReply:
 
 
 def eligible(rules: BulkRules, t: QueuedTransition) -> bool:
-    """May `t` go in a batch? Not with notes to keep, not from a `bulk: false` rule, and
-    not once answered 404: its next attempt must be its own, unambiguous PATCH."""
+    """May `t` go in a batch? Not with notes to keep, not from a `bulk: false` rule or an
+    account whose bulk path answered 404, and not once answered 404 itself: its next
+    attempt must be its own, unambiguous PATCH."""
     if t.notes is not None and not rules.drop_notes:
         return False
-    return t.rule not in rules.patch_only_rules and t.not_found_attempts == 0
+    if t.rule in rules.patch_only_rules or t.account_id in rules.patch_only_accounts:
+        return False
+    return t.not_found_attempts == 0
 
 
 @dataclass
@@ -94,8 +97,27 @@ class BulkState:
     """What this process learnt about the bulk endpoint (it is not persisted: a restart,
     perhaps against an upgraded Voxys, tries again)."""
 
-    missing: str | None = None  # why bulk is off: the endpoint answered 404/405
+    missing: str | None = None  # why bulk is off: the endpoint answered 405
+    missing_for: dict[int, str] = field(default_factory=dict)  # account -> a 404's reason
     max_batch: int | None = None  # halved at each 413/422
+
+    def unavailable(self, account_id: int, status: int | None, reason: str) -> bool:
+        """The bulk path answered 404/405 for `account_id`; True when that is news.
+
+        A 405 says the endpoint is absent: bulk is off. A 404 says so too, or that the
+        account does not exist (Voxys answers 404 for an unknown account or path alike;
+        shared/VOXYS_API.md): bulk is off for that account only, so one unknown account
+        does not turn it off for all. A Voxys without the endpoint costs one 404 per account.
+        """
+        if status == 404:
+            if account_id in self.missing_for:
+                return False
+            self.missing_for[account_id] = reason
+            return True
+        if self.missing is not None:
+            return False
+        self.missing = reason
+        return True
 
     def rules(self, config: BulkConfig, rules: Iterable[LocatedRule]) -> BulkRules | None:
         """The rules of the moment; None when bulk is off (configured, or learnt)."""
@@ -109,6 +131,7 @@ class BulkState:
             max_batch=min(config.max_batch, largest),
             drop_notes=config.notes == "drop",
             patch_only_rules=frozenset(r.rule.name for r in rules if not r.rule.bulk),
+            patch_only_accounts=frozenset(self.missing_for),
         )
 
     def shrink(self, size: int) -> int:
@@ -121,6 +144,7 @@ class BulkState:
             "enabled": config.enabled and self.missing is None,
             "configured": config.enabled,
             "off_because": self.missing,
+            "off_for_accounts": {str(a): why for a, why in sorted(self.missing_for.items())},
             "max_batch": min(config.max_batch, self.max_batch or config.max_batch),
         }
 
@@ -164,7 +188,7 @@ class Kind(StrEnum):
     DELIVERED = "delivered"  # every lead found and changed
     SHORT = "short"  # fewer leads affected than sent: find the missing ones
     TOO_LARGE = "too_large"  # 413/422/400: the batch was refused as such; send smaller
-    NO_ENDPOINT = "no_endpoint"  # 404/405: this Voxys has no bulk endpoint
+    NO_ENDPOINT = "no_endpoint"  # 404/405: no bulk endpoint (404: or no such account)
     PER_REPLY = "per_reply"  # as for a PATCH, for the whole batch (401/403, 429, 5xx...)
 
 

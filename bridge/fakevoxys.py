@@ -19,7 +19,8 @@ Answers, in the order they are decided (Rails conventions, as the reference impl
 - a non-integer id, or an unknown lead when leads were seeded: 404;
 - a body that is not JSON: 400; a missing or invalid `status`, or `notes` that is neither
   a string nor null: 422 `{"error": <message>}`;
-- bulk: `bulk = False` makes the endpoint absent (404, as a Voxys without it); more
+- bulk: `bulk = False` makes the endpoint absent (404, as a Voxys without it); an
+  account that does not exist (as for listing) answers 404 as well; more
   `lead_ids` than `bulk_limit` answer `bulk_limit_status` (413); a body without a list
   of lead ids, an action other than `status_change` or an invalid `params.status`: 422;
   otherwise 200 `{"success": true, "affected_count": n}`, n counting the leads found
@@ -383,6 +384,10 @@ class FakeVoxys:
     def _exists(self, key: tuple[int, int]) -> bool:
         return key not in self.unknown_leads and (not self._seeded or key in self.leads)
 
+    def _account_exists(self, account_id: int) -> bool:
+        """With seeded leads, an account none of them belongs to does not exist (404)."""
+        return not self._seeded or any(a == account_id for a, _ in self.leads)
+
     async def _bulk_status(self, request: web.Request) -> web.StreamResponse:
         if not self.bulk:
             return _error(404, "Not Found")
@@ -391,7 +396,7 @@ class FakeVoxys:
         account_id = _int_or_none(request.match_info["account_id"])
         if account_id in self.refused_accounts:
             return _error(403, "You are not authorized to access this account")
-        if account_id is None:
+        if account_id is None or not self._account_exists(account_id):
             return _error(404, "Resource could not be found")
         failing = self._take_failure()
         if failing is not None:
@@ -422,7 +427,7 @@ class FakeVoxys:
         if not self._accepts(request.headers.get(AUTH_HEADER)):
             return _error(401, "Invalid Access Token")
         account_id = _int_or_none(request.match_info["account_id"])
-        if account_id is None or (self._seeded and all(a != account_id for a, _ in self.leads)):
+        if account_id is None or not self._account_exists(account_id):
             return _error(404, "Resource could not be found")
         leads = sorted(
             (lead for (a, _), lead in self.leads.items() if a == account_id),

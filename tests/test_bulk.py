@@ -129,9 +129,28 @@ def test_each_refusal_as_too_large_halves_the_batch_until_it_is_below_min_batch(
 
 
 def test_a_missing_endpoint_turns_bulk_off_for_the_process() -> None:
-    state = BulkState(missing="HTTP 404")
+    state = BulkState(missing="HTTP 405")
     assert state.rules(BulkConfig(enabled=True), []) is None
     assert state.as_json(BulkConfig(enabled=True))["enabled"] is False
+
+
+def test_a_405_turns_bulk_off_for_the_process_and_says_so_once() -> None:
+    state = BulkState()
+    assert state.unavailable(7, 405, "HTTP 405") is True
+    assert state.unavailable(8, 405, "HTTP 405") is False
+    assert state.rules(BulkConfig(enabled=True), []) is None
+
+
+def test_a_404_turns_bulk_off_for_its_account_only_since_the_account_may_not_exist() -> None:
+    # Voxys answers 404 for an unknown account as for an unknown path (VOXYS_API.md).
+    state, config = BulkState(), BulkConfig(enabled=True, min_batch=2, max_batch=4)
+    assert state.unavailable(8, 404, "HTTP 404") is True
+    assert state.unavailable(8, 404, "HTTP 404") is False  # logged once per account
+    rules = state.rules(config, [])
+    assert rules == BulkRules(2, 4, patch_only_accounts=frozenset({8}))
+    heads = [head(1, account=8), head(2, account=8), head(3, account=7), head(4, account=7)]
+    assert leads(plan_requests(heads, 10, rules)) == [[1], [3, 4], [2]]
+    assert state.as_json(config)["off_for_accounts"] == {"8": "HTTP 404"}
 
 
 # --- what an answer means ---------------------------------------------------------------

@@ -172,6 +172,7 @@ class BulkRules:
     max_batch: int
     drop_notes: bool = False
     patch_only_rules: frozenset[str] = frozenset()  # rules with `bulk: false`
+    patch_only_accounts: frozenset[int] = frozenset()  # their bulk path answered 404
 
 
 @dataclass(frozen=True, slots=True)
