@@ -7,8 +7,8 @@ answer is settled, so no other request for those leads can start meanwhile.
 
 - every lead affected: all delivered, recorded as one batch in the ledger;
 - fewer affected: the ones found are delivered, the missing ones are found by sending
-  halves again (`bulk.Search`), and each is then PATCHed alone: its own answer decides,
-  a 404 under the 404 policy like any other;
+  halves again (`bulk.Search`), and each is then PATCHed alone, one at a time in the
+  batch's slot: its own answer decides, a 404 under the 404 policy like any other;
 - 401/403, 429, 5xx, timeouts, `success: false`: as for a PATCH, for the whole batch;
 - 400/413/422: the batch is refused as such: this process halves its largest batch and
   puts the leads back (no attempt counted), to go out in smaller batches;
@@ -59,7 +59,7 @@ class Deliverer(Protocol):
         self, account_id: int, reply: Reply, decision: Decision, now: float
     ) -> None: ...
 
-    def _start(self, t: QueuedTransition, *, probe: bool) -> None: ...
+    async def _send(self, t: QueuedTransition, *, probe: bool = False) -> None: ...
 
 
 log = structlog.get_logger("bridge.delivery")
@@ -140,8 +140,11 @@ async def _delivered(
         notes_dropped=sum(1 for t in found if t.notes is not None),
         **fields,
     )
-    for t in verify:  # each alone: its own answer decides (a 404 meets the 404 policy)
-        d._start(t, probe=False)
+    # Each alone: its own answer decides (a 404 meets the 404 policy). One at a time, in
+    # this batch's slot: started all at once they would exceed max_in_flight, and those
+    # waiting for a connection would time out unsent and lose an attempt.
+    for t in verify:
+        await d._send(t, probe=False)
 
 
 async def _search(d: Deliverer, search: Search, fields: dict[str, object]) -> int:

@@ -78,3 +78,31 @@ async def test_a_404_for_an_unknown_account_keeps_bulk_on_for_the_other_accounts
     unknown = [c for c in bench.requests() if c["account_id"] == UNKNOWN]
     assert {c["lead_id"] for c in unknown if c["method"] == "PATCH"} == {1, 2, 3, 4, 5}
     assert [len(b) for b in bulk_calls(unknown)] == [5]  # asked in bulk once, not again
+
+
+async def test_the_missing_leads_patched_alone_keep_to_max_in_flight(bench: Bench) -> None:
+    # Given max_in_flight 1, a Voxys answering in 0.4 s (well inside the 2 s timeout) and
+    # a batch of which half the leads are unknown ...
+    leads = list(range(1, 21))
+    unknown = set(leads[1::2])
+    seeded = ",".join(f"{KNOWN}/{lead}" for lead in [99, *leads] if lead not in unknown)
+    server = bench.start(
+        latency=0.4,
+        sandbox=["--seed-leads", seeded],
+        bulk={"enabled": True, "min_batch": 3, "max_batch": 20},
+    )
+    await server.wait_healthy()
+
+    await bench.post(routed(KNOWN, [99], "lone"))
+    await bench.post(routed(KNOWN, leads, "half"))
+    counts = await bench.settled([99, *leads], timeout=60)
+
+    # ... every unknown lead meets the 404 policy on its first PATCH, and no request
+    # times out waiting for a connection the bridge itself holds: the leads PATCHed
+    # alone go one at a time, as max_in_flight says.
+    assert counts == {"delivered": 11, "dead": 10}
+    timeouts = [d for d in bench.log("transition.retrying") if d.get("error") == "timeout"]
+    assert timeouts == []
+    patched = [c["lead_id"] for c in bench.requests() if c["method"] == "PATCH"]
+    assert unknown <= set(patched)
+    assert max(patched.count(lead) for lead in unknown) == 1
