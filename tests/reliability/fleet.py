@@ -137,8 +137,10 @@ def replica_config(
     coalesce: bool = True,
     rules: Sequence[dict[str, Any]] = (STATUS_RULE,),
     timeout: str = "2s",
+    bulk: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """A bridge.yaml for one replica (the reliability suite's, with a status rule)."""
+    """A bridge.yaml for one replica (the reliability suite's, with a status rule; `bulk`
+    its voxys.bulk)."""
     from tests.reliability.conftest import bridge_config
 
     config = bridge_config(
@@ -153,6 +155,8 @@ def replica_config(
     config["storage"] = {"url": storage, "lease_ttl": f"{ttl}s"}
     config["voxys"]["coalesce"] = coalesce
     config["rules"] = list(rules)
+    if bulk is not None:
+        config["voxys"]["bulk"] = bulk
     return config
 
 

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.reliability.fleet import STATUS_RULE
+from tests.reliability.fleet import STATUS_RULE, Fleet
 from tests.reliability.test_bulk import Bench, bulk_calls
+from tests.reliability.test_handover import fault_mid_stream, sigkill, sigstop
 
 pytestmark = [pytest.mark.reliability, pytest.mark.slow, pytest.mark.timeout(90)]
 
@@ -106,3 +107,19 @@ async def test_the_missing_leads_patched_alone_keep_to_max_in_flight(bench: Benc
     patched = [c["lead_id"] for c in bench.requests() if c["method"] == "PATCH"]
     assert unknown <= set(patched)
     assert max(patched.count(lead) for lead in unknown) == 1
+
+
+# --- the lease changing hands mid-batch (test_handover.py's faults, with bulk on) ----------
+
+BULK = {"enabled": True, "min_batch": 2, "max_batch": 8}
+
+
+@pytest.mark.parametrize("fault", ["sigkill", "sigstop"])
+async def test_a_deliverer_killed_or_frozen_mid_batch_is_replaced_without_two_senders(
+    storage: str, fleet: Fleet, fault: str
+) -> None:
+    # Never more than the rate in a window, every lead in its newest state, every
+    # answered event settled, at most max_in_flight batches repeated (fault_mid_stream).
+    strike = sigkill if fault == "sigkill" else sigstop(storage, inside_transaction=False)
+    await fault_mid_stream(fleet, storage, 2, strike, bulk=BULK)
+    assert any(a.bulk for a in fleet.sandboxes[0].arrivals())  # batches did form
