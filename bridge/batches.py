@@ -227,9 +227,9 @@ async def _fail(
         decide(t, reply, now=now, retry=d.config, rng=random.Random(seed)) for t in members
     ]
     d._learn_token(members[0].account_id, reply, decisions[0], now)
-    retrying = [x for x in decisions if x.action is Action.RETRY]
-    if retrying:  # once for the request: a 429 halves the pace, a Retry-After pauses it
-        d.client.pacer.react(retrying[0].pacing)
+    # Once for the request (the same answer, so the same reaction for every member): a
+    # 429 halves the pace and a Retry-After pauses it, even when the members are dead.
+    d.client.pacer.react(decisions[0].pacing)
     settles = [
         _settle_of(t, decision, reply, now) for t, decision in zip(members, decisions, strict=True)
     ]

@@ -420,6 +420,9 @@ class Deliverer:
         fields: dict[str, object],
     ) -> None:
         store, metrics, epoch = self.runtime.store, self.runtime.metrics, self.term.epoch
+        # The answer's reaction first, whatever becomes of the transition: a 429 slows and
+        # a Retry-After holds every request after it, even one for a dead transition.
+        self.client.pacer.react(decision.pacing)
         if decision.action is Action.DELIVERED:
             status = reply.status or 200
             if not await self._settle(
@@ -429,7 +432,6 @@ class Deliverer:
             ):
                 return
             metrics.settled("delivered")
-            self.client.pacer.react(decision.pacing)
             log.info(
                 "transition.delivered",
                 attempt=attempt,
@@ -459,7 +461,6 @@ class Deliverer:
         else:
             assert decision.next_attempt_at is not None
             next_at = decision.next_attempt_at
-            self.client.pacer.react(decision.pacing)
             if not await self._settle(
                 "schedule_retry",
                 lambda: store.schedule_retry(

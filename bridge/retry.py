@@ -9,7 +9,7 @@ request after it (`Pacing`); the worker only carries it out.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Final
 
@@ -75,10 +75,38 @@ def decide(
     retry: RetryConfig,
     rng: random.Random,
 ) -> Decision:
-    """What to do after one attempt. Pure: time and randomness come in as arguments."""
+    """What to do after one attempt. Pure: time and randomness come in as arguments.
+
+    The pacing reaction is the answer's, whatever becomes of the transition: a 429 for a
+    transition too old to retry still slows every request after it.
+    """
     verdict = classify(reply)
+    decision = _transition_outcome(transition, reply, verdict, now=now, retry=retry, rng=rng)
+    return replace(decision, pacing=pacing_for(reply, verdict))
+
+
+def pacing_for(reply: Reply, verdict: Verdict) -> Pacing:
+    """What an answer means for the pace of every request after it."""
     if verdict is Verdict.DELIVERED:
-        return Decision(Action.DELIVERED, pacing=Pacing(recover=True))
+        return Pacing(recover=True)
+    if verdict is Verdict.THROTTLED:  # a 429 although we kept to the pace: halve it
+        return Pacing(slow_down=True, pause_s=reply.retry_after)
+    if reply.status == 503 and reply.retry_after is not None:
+        return Pacing(pause_s=reply.retry_after)  # the service asks every request to wait
+    return KEEP_PACE
+
+
+def _transition_outcome(
+    transition: QueuedTransition,
+    reply: Reply,
+    verdict: Verdict,
+    *,
+    now: float,
+    retry: RetryConfig,
+    rng: random.Random,
+) -> Decision:
+    if verdict is Verdict.DELIVERED:
+        return Decision(Action.DELIVERED)
     attempts = transition.attempts + 1  # counting this one
     too_old = now - transition.created_at >= retry.max_age
     if verdict is Verdict.REFUSED:
@@ -108,11 +136,7 @@ def decide(
             return Decision(Action.DEAD, reason=f"gave up after {retry.max_age:g} s: throttled")
         wait = reply.retry_after if reply.retry_after is not None else retry.backoff.initial
         return Decision(
-            Action.RETRY,
-            next_attempt_at=now + wait,
-            counts=False,
-            reason=describe(reply),
-            pacing=Pacing(slow_down=True, pause_s=reply.retry_after),
+            Action.RETRY, next_attempt_at=now + wait, counts=False, reason=describe(reply)
         )
     # Verdict.RETRY: 408, 425, 5xx, timeout, connection error.
     if attempts >= retry.max_attempts:
@@ -120,9 +144,6 @@ def decide(
     if too_old:
         return Decision(Action.DEAD, reason=f"gave up after {retry.max_age:g} s: {describe(reply)}")
     wait = backoff(attempts, retry, rng)
-    pacing = KEEP_PACE
     if reply.retry_after is not None:
         wait = max(wait, reply.retry_after)
-        if reply.status == 503:  # the service asks every request to wait, not just this one
-            pacing = Pacing(pause_s=reply.retry_after)
-    return Decision(Action.RETRY, next_attempt_at=now + wait, reason=describe(reply), pacing=pacing)
+    return Decision(Action.RETRY, next_attempt_at=now + wait, reason=describe(reply))

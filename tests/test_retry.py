@@ -143,6 +143,13 @@ def test_other_failures_leave_the_pace_alone() -> None:
     assert run_decide(queued(), reply(401)).pacing is KEEP_PACE
 
 
-def test_a_429_past_max_age_is_dead_and_leaves_the_pace_alone() -> None:
+def test_a_429_past_max_age_is_dead_yet_still_slows_and_holds_every_request() -> None:
+    # The transition is too old to retry, but Voxys's answer is about the token: the
+    # requests after it must still slow down and wait out the Retry-After.
     d = run_decide(queued(created_at=NOW - 3601), reply(429, retry_after=30.0))
-    assert (d.action, d.pacing) == (Action.DEAD, KEEP_PACE)
+    assert (d.action, d.pacing) == (Action.DEAD, Pacing(slow_down=True, pause_s=30.0))
+
+
+def test_a_503_with_retry_after_on_a_last_attempt_still_holds_every_request() -> None:
+    d = run_decide(queued(attempts=RETRY.max_attempts - 1), reply(503, retry_after=12.0))
+    assert (d.action, d.pacing) == (Action.DEAD, Pacing(pause_s=12.0))

@@ -49,8 +49,9 @@ class Rig:
     db: Path
     task: asyncio.Task[None] | None = None
 
-    async def queue(self, leads: range) -> None:
-        now = time.time()
+    async def queue(self, leads: range, age: float = 0.0) -> None:
+        """Queue one transition per lead, received `age` seconds ago."""
+        now = time.time() - age
         items = []
         for lead in leads:
             event = Event(
@@ -208,6 +209,24 @@ async def test_nothing_is_sent_while_a_retry_after_runs(rig: Make) -> None:
     r.start()
     await r.settled(LEADS)
 
+    assert sent_during_retry_after(r.fake, 1.0) == []
+
+
+async def test_a_429_for_a_transition_too_old_to_retry_still_holds_every_request(
+    rig: Make,
+) -> None:
+    # Given a transition past retry.max_age (1 day) that Voxys answers 429, Retry-After 1 s ...
+    r: Rig = await rig()
+    r.fake.script(Answer(429, headers={"Retry-After": "1"}, body="slow down"))
+    await r.queue(range(1, 2), age=2 * 86400)
+    r.start()
+    await r.until(lambda: bool(r.fake.calls))
+    # ... when more work arrives right after that answer,
+    await r.queue(range(2, LEADS + 1))
+    rows = await r.settled(LEADS)
+
+    # then the old one is dead-lettered, yet nothing is sent until the Retry-After is over.
+    assert [(row[0], row[1]) for row in rows if row[1] == "dead"] == [(1, "dead")]
     assert sent_during_retry_after(r.fake, 1.0) == []
 
 
