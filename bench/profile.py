@@ -113,7 +113,7 @@ def main_group(frames: list[Frame]) -> str:
                 return "verification" if frame.func.endswith("verify") else "parse"
             group = "handler"  # acknowledge, reject: building the answer
             continue
-        if frame.file.endswith("bridge/rules.py") or "jinja2/" in frame.file:
+        if "bridge/rules/" in frame.file or "jinja2/" in frame.file:
             return "rules"
         if "bridge/store/" in frame.file:
             return "store"

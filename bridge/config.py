@@ -223,7 +223,7 @@ class FollowUpConfig(Model):
     """A rule's `follow_up`: a transition scheduled for later (bridge/followups.py).
 
     `after` is a duration counted from the event's occurred_at (`7d`, `36h`, seconds), or
-    a template rendering an ISO 8601 time or epoch seconds; `rules.py` compiles it.
+    a template rendering an ISO 8601 time or epoch seconds; `bridge/rules/` compiles it.
     """
 
     after: str | int | float
@@ -239,7 +239,7 @@ class FollowUpConfig(Model):
 
 
 class RuleConfig(Model):
-    """One rule as written in YAML; `rules.py` compiles it."""
+    """One rule as written in YAML; `bridge/rules/` compiles it."""
 
     name: str = Field(min_length=1)
     source: str | list[str]

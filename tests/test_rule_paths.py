@@ -1,4 +1,4 @@
-"""Plain paths in rules (bridge/rule_paths.py): wherever the walk finds a value, it gives
+"""Plain paths in rules (bridge/rules/paths.py): wherever the walk finds a value, it gives
 exactly what the rules' Jinja sandbox gives; everywhere else it steps aside."""
 
 from __future__ import annotations
@@ -9,10 +9,10 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from jinja2 import nodes
 
-from bridge.rule_paths import MISSING, comparison, lookup, output_path, plain_path, rendered
-from bridge.rules import _environment
+from bridge.rules.paths import MISSING, comparison, lookup, output_path, plain_path, rendered
+from bridge.rules.sandbox import rule_environment
 
-ENV = _environment({})
+ENV = rule_environment({})
 # Field names a path can spell (no Jinja keywords); `items` and `keys` are dict methods too.
 NAMES = ["type", "data", "object", "id", "items", "keys", "status", "a", "b"]
 
