@@ -65,7 +65,12 @@ def rule_set(directory: Path, count: int, match_at: int | None) -> RuleSet:
     path = directory / f"bridge-{match_at}.yaml"
     path.write_text(yaml.safe_dump(doc))
     loaded = load_config(path)
-    return compile_rules(loaded, loaded.config.sources.keys())
+    return compile_rules(
+        loaded.rules,
+        lookups=loaded.lookups,
+        sources=loaded.config.sources.keys(),
+        default_account_id=loaded.config.voxys.account_id,
+    )
 
 
 def main() -> None:

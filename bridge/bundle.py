@@ -90,7 +90,12 @@ def load_bundle(
             exc.file = loaded.path
             errors.append(exc)
     try:
-        rules = compile_rules(loaded, loaded.config.sources.keys())
+        rules = compile_rules(
+            loaded.rules,
+            lookups=loaded.lookups,
+            sources=loaded.config.sources.keys(),
+            default_account_id=loaded.config.voxys.account_id,
+        )
     except ConfigErrors as exc:
         errors.extend(exc.errors)
     if errors:

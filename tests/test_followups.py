@@ -11,7 +11,7 @@ import pytest
 from bridge import followups
 from bridge.followups import Scheduled
 from bridge.models import FollowUp, LeadStatus, Outcome
-from tests.test_rules import compile_, errors_of, event, rule
+from tests.test_rules import compile_, errors_of, event, rule, yaml_errors_of
 
 T0 = 1_700_000_000.0
 DAY = 86400.0
@@ -127,10 +127,8 @@ def dunning(**follow_up: Any) -> dict[str, Any]:
     )
 
 
-def test_a_rule_with_a_follow_up_schedules_it_counted_from_the_events_time(
-    tmp_path: Path,
-) -> None:
-    rules = compile_(tmp_path, [dunning(notes="Still unpaid: {{ event.data.object.number }}")])
+def test_a_rule_with_a_follow_up_schedules_it_counted_from_the_events_time() -> None:
+    rules = compile_([dunning(notes="Still unpaid: {{ event.data.object.number }}")])
 
     evaluation = rules.evaluate(event(FAILED, occurred_at=T0))
 
@@ -156,14 +154,12 @@ def test_a_rule_with_a_follow_up_schedules_it_counted_from_the_events_time(
         ("{{ '2020-01-01T00:00:00Z' }}", T0),  # before the event: due at once, as it happened
     ],
 )
-def test_after_is_a_duration_or_a_template_rendering_a_time(
-    tmp_path: Path, after: Any, due: float | None
-) -> None:
+def test_after_is_a_duration_or_a_template_rendering_a_time(after: Any, due: float | None) -> None:
     if due is None:
-        [error] = errors_of(tmp_path, [dunning(after=after)])
+        [error] = errors_of([dunning(after=after)])
         assert error.key == "follow_up.after"
         return
-    rules = compile_(tmp_path, [dunning(after=after)])
+    rules = compile_([dunning(after=after)])
 
     [transition] = rules.evaluate(event(FAILED, occurred_at=T0)).transitions
 
@@ -180,10 +176,8 @@ def test_after_is_a_duration_or_a_template_rendering_a_time(
         ("{{ 1 / 0 }}", "follow_up.after failed: ZeroDivisionError"),
     ],
 )
-def test_an_invalid_render_makes_only_the_follow_up_unmapped(
-    tmp_path: Path, after: str, reason: str
-) -> None:
-    rules = compile_(tmp_path, [dunning(after=after)])
+def test_an_invalid_render_makes_only_the_follow_up_unmapped(after: str, reason: str) -> None:
+    rules = compile_([dunning(after=after)])
 
     evaluation = rules.evaluate(event(FAILED, occurred_at=T0))
 
@@ -197,8 +191,8 @@ def test_an_invalid_render_makes_only_the_follow_up_unmapped(
     assert reason in problem.reason
 
 
-def test_a_templated_follow_up_status_is_checked_when_rendered(tmp_path: Path) -> None:
-    rules = compile_(tmp_path, [dunning(status="{{ event.data.object.number }}")])
+def test_a_templated_follow_up_status_is_checked_when_rendered() -> None:
+    rules = compile_([dunning(status="{{ event.data.object.number }}")])
 
     evaluation = rules.evaluate(event(FAILED))
 
@@ -206,8 +200,8 @@ def test_a_templated_follow_up_status_is_checked_when_rendered(tmp_path: Path) -
     assert "follow_up.status rendered 'INV-7', not one of" in evaluation.unmapped[0].reason
 
 
-def test_follow_up_notes_render_as_a_rules_notes_do(tmp_path: Path) -> None:
-    rules = compile_(tmp_path, [dunning(notes="  ")])
+def test_follow_up_notes_render_as_a_rules_notes_do() -> None:
+    rules = compile_([dunning(notes="  ")])
 
     [transition] = rules.evaluate(event(FAILED)).transitions
 
@@ -234,13 +228,13 @@ def test_follow_up_notes_render_as_a_rules_notes_do(tmp_path: Path) -> None:
 def test_a_follow_up_mistake_names_the_file_the_rule_and_the_key(
     tmp_path: Path, follow_up: dict[str, Any], key: str, message: str
 ) -> None:
-    [error] = errors_of(tmp_path, [rule("dunning", follow_up=follow_up)])
+    [error] = yaml_errors_of(tmp_path, [rule("dunning", follow_up=follow_up)])
 
     assert (error.file, error.rule, error.key) == (str(tmp_path / "bridge.yaml"), "dunning", key)
     assert message in error.message
 
 
-def test_a_rule_without_a_follow_up_schedules_none(tmp_path: Path) -> None:
-    [transition] = compile_(tmp_path, [rule()]).evaluate(event(FAILED)).transitions
+def test_a_rule_without_a_follow_up_schedules_none() -> None:
+    [transition] = compile_([rule()]).evaluate(event(FAILED)).transitions
 
     assert transition.follow_up is None

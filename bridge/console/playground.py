@@ -134,9 +134,14 @@ def candidate(bundle: Bundle, rule: RuleConfig) -> Candidate:
         located[names.index(rule.name)] = edited
     else:
         located.append(edited)
-    loaded = bundle.loaded.model_copy(update={"rules": located})
+    loaded = bundle.loaded
     try:
-        rules = compile_rules(loaded, bundle.sources.keys())
+        rules = compile_rules(
+            located,
+            lookups=loaded.lookups,
+            sources=bundle.sources.keys(),
+            default_account_id=loaded.config.voxys.account_id,
+        )
     except ConfigErrors as exc:
         raise PlaygroundError([_message(e.key, e.message) for e in exc.errors]) from None
     compiled = next(r for r in rules.rules if r.name == rule.name)

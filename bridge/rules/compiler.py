@@ -12,7 +12,7 @@ from typing import Any
 from jinja2 import Template, TemplateSyntaxError, meta, nodes
 from jinja2.parser import Parser
 
-from bridge.config import FollowUpConfig, LoadedConfig, RuleConfig, parse_duration
+from bridge.config import FollowUpConfig, LocatedRule, RuleConfig, parse_duration
 from bridge.errors import ConfigError, ConfigErrors
 from bridge.rules.compiled import (
     MAX_RENDER,
@@ -75,10 +75,10 @@ def _is_template(text: str) -> bool:
 class _Compiler:
     """Compiles one rule set, collecting every mistake instead of stopping at the first."""
 
-    def __init__(self, loaded: LoadedConfig, source_keys: Iterable[str]) -> None:
-        self.loaded = loaded
-        self.source_keys = set(source_keys)
-        self.env = rule_environment(loaded.lookups)
+    def __init__(self, lookups: Mapping[str, Mapping[str, str]], sources: Iterable[str]) -> None:
+        self.lookups = lookups
+        self.source_keys = set(sources)
+        self.env = rule_environment(lookups)
         self.errors: list[ConfigError] = []
         self.file = ""
         self.rule = ""
@@ -112,7 +112,7 @@ class _Compiler:
                 continue
             table: nodes.Expr | None = call.args[0] if call.args else None
             table = next((k.value for k in call.kwargs if k.key == "table"), table)
-            if isinstance(table, nodes.Const) and table.value not in self.loaded.lookups:
+            if isinstance(table, nodes.Const) and table.value not in self.lookups:
                 self.error(f"unknown lookup table {table.value!r}", key)
 
     def expression(self, source: str, key: str) -> Condition | None:
@@ -225,12 +225,22 @@ class _Compiler:
         return CompiledFollowUp(after, status, notes)
 
 
-def compile_rules(loaded: LoadedConfig, source_keys: Iterable[str]) -> RuleSet:
-    """Compile every rule; raise ConfigErrors listing every mistake found."""
-    compiler = _Compiler(loaded, source_keys)
+def compile_rules(
+    rules: Iterable[LocatedRule],
+    *,
+    lookups: Mapping[str, Mapping[str, str]],
+    sources: Iterable[str],
+    default_account_id: int | None,
+) -> RuleSet:
+    """Compile every rule in order; raise ConfigErrors listing every mistake found.
+
+    `sources` are the configured source keys a rule may name; `lookups` the tables
+    `lookup()` reads; `default_account_id` the account of a rule that names none.
+    """
+    compiler = _Compiler(lookups, sources)
     seen: dict[str, str] = {}
     compiled: list[CompiledRule] = []
-    for located in loaded.rules:
+    for located in rules:
         name = located.rule.name
         if name in seen:
             compiler.file, compiler.rule = located.file, name
@@ -242,4 +252,4 @@ def compile_rules(loaded: LoadedConfig, source_keys: Iterable[str]) -> RuleSet:
             compiled.append(rule)
     if compiler.errors:
         raise ConfigErrors(compiler.errors)
-    return RuleSet(compiled, loaded.config.voxys.account_id)
+    return RuleSet(compiled, default_account_id)
