@@ -137,26 +137,12 @@ def test_the_cycle_finder_sees_an_import_inside_a_function(tmp_path: Path) -> No
     assert imports("bridge.a", path, known) == {"bridge.b"}
 
 
-# Long modules known to hold more than one concept, each with what splitting it means.
-# The test below fails once one of them is split and left here, so the list only shrinks.
-NOT_YET_SPLIT = {
-    "bridge.sources.generic": "the verify: language and the event templates",
-}
-
-
 def long_modules() -> list[str]:
     return [n for n, p in modules().items() if p.read_text().count("\n") > LONG_MODULE]
 
 
 @pytest.mark.parametrize("name", long_modules())
 def test_a_long_module_says_why_it_is_one_concept(name: str) -> None:
-    if name in NOT_YET_SPLIT:
-        pytest.skip(f"to be split: {NOT_YET_SPLIT[name]}")
     path = modules()[name]
     docstring = ast.get_docstring(ast.parse(path.read_text())) or ""
     assert "One concept:" in docstring, f"{path.relative_to(ROOT)}: over {LONG_MODULE} lines"
-
-
-@pytest.mark.parametrize("name", sorted(NOT_YET_SPLIT))
-def test_a_module_waiting_to_be_split_is_still_long(name: str) -> None:
-    assert name in long_modules(), f"{name} is short now: take it off NOT_YET_SPLIT"

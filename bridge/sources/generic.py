@@ -15,13 +15,7 @@ as in every preset, and is used by `hmac` (as the UTF-8 HMAC key) and by `token`
 expected value). `basic` carries its `username`/`password` inside `verify`. `none`
 accepts anyone and is refused unless `allow_unsigned: true`.
 
-- `hmac`: the header holds `prefix` + the hex or base64 HMAC (sha1/sha256/sha512) of the
-  `signed` template, whose fields are `{body}` (raw bytes), `{timestamp}` (the
-  `timestamp_header` value as sent), `{method}` and `{url}` (public URL + path + query).
-  Default: `{timestamp}.{body}` with a timestamp header, else `{body}`. Timestamps
-  are epoch seconds, or milliseconds above 1e11, and must be within `tolerance`.
-- `token`: `header` (after an optional `prefix` such as "Bearer ") or `query` parameter
-  equals the secret.
+What each `verify:` type checks is `generic_verify.py`'s part.
 
 `sign` (for `voxys-bridge send`) returns headers only; a token carried in the query is
 added by `signed_query`, which a sender applies to the query string before signing.
@@ -35,88 +29,41 @@ Templates see `event` (the decoded body) and `headers` (without credentials). Wi
 from __future__ import annotations
 
 import base64
-import string
-from collections.abc import Callable, Mapping
-from typing import Annotated, Any, ClassVar, Literal
-from urllib.parse import parse_qs, urlencode
+from collections.abc import Mapping
+from typing import Any, ClassVar
+from urllib.parse import urlencode
 
 import jinja2
 from jinja2 import meta
-from jinja2.sandbox import SandboxedEnvironment
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    SecretStr,
-    ValidationInfo,
-    field_validator,
-    model_validator,
-)
+from pydantic import SecretStr, ValidationInfo, field_validator
 
 from bridge import strength
-from bridge.errors import BadRequest, ConfigError, Unauthorized
+from bridge.errors import BadRequest, ConfigError
 from bridge.models import Event
+from bridge.rules.sandbox import BoundedSandbox
 from bridge.sources import GENERIC_PRESET
 from bridge.sources.base import Source, SourceSettings, WebhookRequest, decode_body
 from bridge.sources.fields import body_sha256, epoch_seconds
+from bridge.sources.generic_verify import (
+    BasicVerify,
+    HmacVerify,
+    NoneVerify,
+    SignedParts,
+    TokenVerify,
+    Verifier,
+    VerifyConfig,
+    hmac_verifier,
+    signed_message,
+    signed_parts,
+    token_verifier,
+)
 from bridge.sources.signing import (
-    DEFAULT_TOLERANCE,
-    Algorithm,
-    BasicAuth,
     SecretList,
-    Tolerance,
     basic_authorization,
     check_basic_auth,
-    check_freshness,
-    decode_signature,
     hmac_digest,
-    matches_any,
-    require_header,
     secret_bytes,
 )
-
-_SIGNED_FIELDS = frozenset({"body", "timestamp", "method", "url"})
-
-
-class _Verify(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class HmacVerify(_Verify):
-    type: Literal["hmac"]
-    header: str = Field(min_length=1)
-    algorithm: Algorithm = "sha256"
-    encoding: Literal["hex", "base64"] = "hex"
-    prefix: str = ""
-    timestamp_header: str | None = None
-    tolerance: Tolerance = DEFAULT_TOLERANCE
-    signed: str | None = None
-
-
-class BasicVerify(_Verify, BasicAuth):
-    type: Literal["basic"]
-
-
-class TokenVerify(_Verify):
-    type: Literal["token"]
-    header: str | None = None
-    query: str | None = None
-    prefix: str = ""
-
-    @model_validator(mode="after")
-    def _one_place(self) -> TokenVerify:
-        if (self.header is None) == (self.query is None):
-            raise ValueError("give exactly one of header or query")
-        return self
-
-
-class NoneVerify(_Verify):
-    type: Literal["none"]
-
-
-VerifyConfig = Annotated[
-    HmacVerify | BasicVerify | TokenVerify | NoneVerify, Field(discriminator="type")
-]
 
 
 class GenericSettings(SourceSettings):
@@ -146,22 +93,10 @@ class GenericSettings(SourceSettings):
         return secrets
 
 
-def compile_signed(template: str) -> list[str | tuple[str]]:
-    """The `signed` template as literal strings and (field,) tuples; ValueError if invalid."""
-    parts: list[str | tuple[str]] = []
-    for literal, field, spec, conversion in string.Formatter().parse(template):
-        if literal:
-            parts.append(literal)
-        if field is None:
-            continue
-        if field not in _SIGNED_FIELDS or spec or conversion:
-            known = ", ".join(f"{{{f}}}" for f in sorted(_SIGNED_FIELDS))
-            raise ValueError(f"unknown field {{{field}}} (known: {known})")
-        parts.append((field,))
-    return parts
-
-
-_env = SandboxedEnvironment(autoescape=False)
+# The rules' sandbox class: immutable, `*` and `**` bounded (bridge/rules/sandbox.py). Its
+# undefined stays Jinja's default, so a template reading past a missing field fails the
+# request instead of rendering empty.
+_env = BoundedSandbox(autoescape=False)
 
 
 def _refuse_unsigned_identity(settings: GenericSettings) -> None:
@@ -197,7 +132,7 @@ class GenericSource(Source):
         if not isinstance(settings, GenericSettings):
             raise TypeError("GenericSource needs GenericSettings")
         self.config = settings
-        self._signed_parts: list[str | tuple[str]] = []
+        self._signed_parts: SignedParts = []
         self._verify = self._build_verifier(settings)
         self._event_id = _compile(settings.event_id, "event_id") if settings.event_id else None
         self._occurred_at = (
@@ -223,7 +158,7 @@ class GenericSource(Source):
         source._credential_headers = {header.lower()} if isinstance(header, str) else set()
         return source
 
-    def _build_verifier(self, settings: GenericSettings) -> Callable[[WebhookRequest, float], None]:
+    def _build_verifier(self, settings: GenericSettings) -> Verifier:
         verify = settings.verify
         needs_secret = isinstance(verify, HmacVerify | TokenVerify)
         if needs_secret and settings.secret is None:
@@ -232,9 +167,10 @@ class GenericSource(Source):
             raise ConfigError(f"verify type {verify.type} does not use a secret", key="secret")
         keys = secret_bytes(settings.secret or ())
         if isinstance(verify, HmacVerify):
-            return self._hmac_verifier(verify, keys)
+            self._signed_parts = signed_parts(verify)
+            return hmac_verifier(verify, keys, self._signed_parts, self._url)
         if isinstance(verify, TokenVerify):
-            return _token_verifier(verify, keys)
+            return token_verifier(verify, keys)
         if isinstance(verify, BasicVerify):
             return lambda request, now: check_basic_auth(request, verify)
         if not settings.allow_unsigned:
@@ -244,46 +180,6 @@ class GenericSource(Source):
                 key="verify.type",
             )
         return lambda request, now: None
-
-    def _hmac_verifier(
-        self, verify: HmacVerify, keys: tuple[bytes, ...]
-    ) -> Callable[[WebhookRequest, float], None]:
-        default = "{timestamp}.{body}" if verify.timestamp_header else "{body}"
-        try:
-            parts = compile_signed(verify.signed if verify.signed is not None else default)
-        except ValueError as exc:
-            raise ConfigError(str(exc), key="verify.signed") from exc
-        if ("timestamp",) in parts and not verify.timestamp_header:
-            raise ConfigError("{timestamp} needs verify.timestamp_header", key="verify.signed")
-        self._signed_parts = parts
-
-        def check(request: WebhookRequest, now: float) -> None:
-            header = require_header(request, verify.header)
-            if not header.startswith(verify.prefix):
-                raise Unauthorized(f"malformed {verify.header} header")
-            signature = decode_signature(header[len(verify.prefix) :], verify.encoding)
-            if signature is None:
-                raise Unauthorized(f"malformed {verify.header} header")
-            timestamp, seconds = "", None
-            if verify.timestamp_header:
-                timestamp = require_header(request, verify.timestamp_header)
-                seconds = epoch_seconds(timestamp, "auto")
-                if seconds is None:
-                    raise Unauthorized(f"malformed {verify.timestamp_header} header")
-            message = _signed_message(
-                parts,
-                body=request.body,
-                timestamp=timestamp,
-                method=request.method.upper(),
-                url=self._url(request.path, request.query_string),
-            )
-            expected = [hmac_digest(k, message, verify.algorithm) for k in keys]
-            if not matches_any(expected, [signature]):
-                raise Unauthorized("signature mismatch")
-            if seconds is not None:
-                check_freshness(seconds, now, verify.tolerance)
-
-        return check
 
     def _url(self, path: str, query_string: str) -> str:
         query = f"?{query_string}" if query_string else ""
@@ -306,7 +202,7 @@ class GenericSource(Source):
             if verify.timestamp_header:
                 timestamp = str(int(now))
                 headers[verify.timestamp_header] = timestamp
-            message = _signed_message(
+            message = signed_message(
                 self._signed_parts,
                 body=body,
                 timestamp=timestamp,
@@ -368,40 +264,6 @@ class GenericSource(Source):
                 headers=headers,
             )
         ]
-
-
-def _signed_message(
-    parts: list[str | tuple[str]], *, body: bytes, timestamp: str, method: str, url: str
-) -> bytes:
-    """The bytes an `hmac` signature covers: the `signed` template filled in."""
-    values = {
-        "body": body,
-        "timestamp": timestamp.encode("utf-8"),
-        "method": method.encode("utf-8"),
-        "url": url.encode("utf-8"),
-    }
-    return b"".join(values[p[0]] if isinstance(p, tuple) else p.encode("utf-8") for p in parts)
-
-
-def _token_verifier(
-    verify: TokenVerify, keys: tuple[bytes, ...]
-) -> Callable[[WebhookRequest, float], None]:
-    def check(request: WebhookRequest, now: float) -> None:
-        if verify.header is not None:
-            value = require_header(request, verify.header)
-            if not value.startswith(verify.prefix):
-                raise Unauthorized(f"malformed {verify.header} header")
-            given = value[len(verify.prefix) :].strip()
-        else:
-            assert verify.query is not None  # one of the two, by TokenVerify's validator
-            found = parse_qs(request.query_string, keep_blank_values=True).get(verify.query)
-            if not found:
-                raise Unauthorized(f"missing {verify.query} query parameter")
-            given = found[0]
-        if not matches_any(keys, [given.encode("utf-8")]):
-            raise Unauthorized("invalid token")
-
-    return check
 
 
 def _render(template: jinja2.Template, context: dict[str, Any], key: str) -> str:

@@ -6,12 +6,15 @@ import base64
 import hashlib
 import hmac
 import json
+from dataclasses import replace
 from typing import Any
 
 import pytest
 import yaml
 
+from bridge.config import LocatedRule, RuleConfig
 from bridge.errors import BadRequest
+from bridge.rules import compile_rules
 from bridge.sources import build_sources
 from bridge.sources.base import Source
 from bridge.sources.generic import GenericSource
@@ -286,6 +289,40 @@ def test_an_event_id_template_that_fails_on_an_event_is_a_bad_request(
 ) -> None:
     source = generic(BASIC, event_id=template)
     assert rejected(BadRequest, source, make_request(BODY)) == reason
+
+
+@pytest.mark.parametrize(
+    ("template", "refusal"),
+    [
+        ("{{ event.lead ** 100000000 }}", "power too large"),
+        ("{{ event.id * 1000000000 }}", "repetition too large"),
+    ],
+)
+@pytest.mark.parametrize("key", ["event_id", "occurred_at"])
+def test_a_huge_power_or_repetition_is_refused_by_the_same_bound_as_in_a_rule(
+    key: str, template: str, refusal: str
+) -> None:
+    # Unbounded, the power takes seconds and then fails on its own size, and the
+    # repetition asks for gigabytes; the bound refuses both before they start.
+    source = generic(BASIC, **{key: template})
+    with pytest.raises(BadRequest) as info:
+        source.parse(make_request(BODY), NOW)
+    assert info.value.reason == f"{key} template failed on this event"
+    assert isinstance(info.value.__cause__, OverflowError)
+    assert str(info.value.__cause__) == refusal
+    # A rule with the same template meets the same bound.
+    rule = RuleConfig.model_validate(
+        {"name": "r", "source": "custom", "lead_id": template, "status": "won"}
+    )
+    rules = compile_rules(
+        [LocatedRule(rule=rule, file="rules.yaml")],
+        lookups={},
+        sources=["custom"],
+        default_account_id=1,
+    )
+    [event] = generic(BASIC).parse(make_request(BODY), NOW)
+    [unmapped] = rules.evaluate(replace(event, source="custom")).unmapped
+    assert unmapped.reason == f"lead_id failed: OverflowError: {refusal}"
 
 
 # --- configuration ------------------------------------------------------------------
