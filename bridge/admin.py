@@ -101,7 +101,7 @@ def _epoch(when: datetime | None) -> float | None:
     return (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp()
 
 
-def describe(exc: ValidationError) -> str:
+def validation_summary(exc: ValidationError) -> str:
     """A validation error as one line naming each field, never quoting the input."""
     parts = []
     for error in exc.errors(include_url=False):
@@ -386,7 +386,7 @@ async def _body(request: web.Request, model: type[_B]) -> _B:
     try:
         return model.model_validate_json(raw)
     except ValidationError as exc:
-        raise BadRequest(describe(exc)) from None
+        raise BadRequest(validation_summary(exc)) from None
 
 
 def _wake(runtime: Runtime, queued: int) -> None:
@@ -426,7 +426,7 @@ async def handle_events(request: web.Request) -> web.Response:
     try:
         query = EventQuery.model_validate(dict(request.query))
     except ValidationError as exc:
-        raise BadRequest(describe(exc)) from None
+        raise BadRequest(validation_summary(exc)) from None
     stored = await list_events(request.config_dict[RUNTIME].store, query)
     return web.json_response([event_json(e) for e in stored])
 

@@ -30,7 +30,6 @@ from bridge.admin import (
     ReplayRequest,
     cancel_followups,
     dead_letter_json,
-    describe,
     event_json,
     explain,
     followup_json,
@@ -41,6 +40,7 @@ from bridge.admin import (
     replay,
     retry,
     stats,
+    validation_summary,
 )
 from bridge.bundle import Bundle
 from bridge.delivery import IDLE_POLL_S
@@ -167,7 +167,7 @@ def _validated(model: type[M], fields: dict[str, Any]) -> M:
     try:
         return model.model_validate({k: v for k, v in fields.items() if v is not None})
     except ValidationError as exc:
-        raise UsageError(describe(exc)) from None
+        raise UsageError(validation_summary(exc)) from None
 
 
 async def _followups(

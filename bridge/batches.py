@@ -30,7 +30,7 @@ from bridge.bulk import BulkReply, Judgement, Kind, Search, bulk_body, bulk_path
 from bridge.config import RetryConfig
 from bridge.lease import Term
 from bridge.pauses import AuthPauses
-from bridge.retry import Action, Decision, Pacing, decide, describe
+from bridge.retry import Action, Decision, Pacing, decide, reply_reason
 from bridge.runtime import Runtime
 from bridge.store.base import BatchRecord, QueuedTransition, Settle
 from bridge.voxys import VoxysClient
@@ -82,7 +82,7 @@ async def deliver(d: Deliverer, members: Sequence[QueuedTransition]) -> None:
         return
     judged = judge(answer, len(members))
     if judged.kind is Kind.NO_ENDPOINT:
-        reason = describe(reply)
+        reason = reply_reason(reply)
         if d.runtime.delivery.bulk.unavailable(first.account_id, reply.status, reason):
             off_for = "account" if reply.status == 404 else "process"
             log.warning("bulk.unavailable", reason=reason, off_for=off_for, **fields)
@@ -91,7 +91,7 @@ async def deliver(d: Deliverer, members: Sequence[QueuedTransition]) -> None:
     d.pauses.answered(first.account_id, now)
     if judged.kind is Kind.TOO_LARGE:
         largest = d.runtime.delivery.bulk.shrink(len(members))
-        log.warning("bulk.too_large", reason=describe(reply), max_batch=largest, **fields)
+        log.warning("bulk.too_large", reason=reply_reason(reply), max_batch=largest, **fields)
         await _release(d, members, now, fields)
         return
     if judged.kind is Kind.PER_REPLY:
@@ -160,7 +160,9 @@ async def _search(d: Deliverer, search: Search, fields: dict[str, object]) -> in
             continue
         left = search.failed()
         now = d.clock()
-        log.warning("bulk.search_failed", reason=describe(answer.reply), left=len(left), **fields)
+        log.warning(
+            "bulk.search_failed", reason=reply_reason(answer.reply), left=len(left), **fields
+        )
         if judged.kind is Kind.PER_REPLY and judged.reply is not None:
             await _fail(d, left, judged.reply, now, None, fields)
         else:  # not sent, or the endpoint turned odd: back to the queue, no attempt
@@ -239,7 +241,7 @@ async def _fail(
         "bulk.failed",
         http_status=reply.status,
         error=reply.error,
-        reason=describe(reply),
+        reason=reply_reason(reply),
         **fields,
     )
     for t, decision in zip(members, decisions, strict=True):

@@ -65,7 +65,7 @@ def run(
     tried = sum(1 for rule in bundle.rules.rules if source_key in rule.sources)
     now = clock()
     reports = [
-        describe(event, bundle.rules.evaluate(event), base_url, tried, now) for event in events
+        event_report(event, bundle.rules.evaluate(event), base_url, tried, now) for event in events
     ]
     if as_json:
         json.dump(reports, out, indent=2)
@@ -164,7 +164,7 @@ def _follow_up(follow_up: FollowUp, occurred_at: float, now: float) -> dict[str,
     }
 
 
-def describe(
+def event_report(
     event: Event, evaluation: Evaluation, base_url: str, tried: int, now: float = 0.0
 ) -> dict[str, Any]:
     """One event's verdict as plain data: the JSON output, and what the text output shows."""

@@ -15,7 +15,7 @@ from bridge import followups
 from bridge.errors import NotFound, PayloadTooLarge, RequestRejected, StorageError
 from bridge.models import Outcome
 from bridge.runtime import RUNTIME, Runtime
-from bridge.sources.base import Answer, IngestSummary, Source, WebhookRequest, clamped
+from bridge.sources.base import IngestSummary, Source, WebhookRequest, WebhookResponse, clamped
 from bridge.store.base import FollowUpChanges
 
 log = structlog.get_logger("bridge.ingest")
@@ -40,7 +40,7 @@ async def read_body(request: web.Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def _respond(answer: Answer) -> web.Response:
+def _respond(answer: WebhookResponse) -> web.Response:
     return web.Response(status=answer.status, body=answer.body, content_type=answer.content_type)
 
 
@@ -79,13 +79,13 @@ async def handle_webhook(request: web.Request) -> web.StreamResponse:
         log.warning(
             "webhook.rejected", source=key, reason=exc.reason, status=exc.status, bytes=size
         )
-        _notify(runtime, key, exc.reason, exc.status)
+        _count_request(runtime, key, exc.reason, exc.status)
         return _reject(source, exc)
     except StorageError as exc:
         log.error(
             "webhook.rejected", source=key, reason="storage unavailable", status=503, error=str(exc)
         )
-        _notify(runtime, key, "storage unavailable", 503)
+        _count_request(runtime, key, "storage unavailable", 503)
         return web.json_response(
             {"ok": False, "error": "storage unavailable, retry later"},
             status=503,
@@ -121,7 +121,7 @@ async def handle_webhook(request: web.Request) -> web.StreamResponse:
         **clamped(events),
         **_followups(changes),
     )
-    _notify(runtime, key, "ok", 200)
+    _count_request(runtime, key, "ok", 200)
     return _respond(
         source.acknowledge(IngestSummary(events=result.stored, duplicates=result.duplicates))
     )
@@ -135,5 +135,5 @@ def _followups(changes: FollowUpChanges) -> dict[str, int]:
     return {k: v for k, v in counts.items() if v}
 
 
-def _notify(runtime: Runtime, source: str, reason: str, status: int) -> None:
+def _count_request(runtime: Runtime, source: str, reason: str, status: int) -> None:
     runtime.metrics.request(source, reason, status)

@@ -54,7 +54,7 @@ def backoff(attempt: int, retry: RetryConfig, rng: random.Random) -> float:
     return rng.uniform(initial, max(initial, cap))
 
 
-def describe(reply: Reply) -> str:
+def reply_reason(reply: Reply) -> str:
     """A short reason for logs and dead letters."""
     if reply.status is None:
         return reply.error or "no answer"
@@ -63,7 +63,7 @@ def describe(reply: Reply) -> str:
 
 def refused_reason(account_id: int, reply: Reply | None = None) -> str:
     """The dead-letter reason of a transition that waited on a refused token too long."""
-    detail = f" ({describe(reply)})" if reply is not None else ""
+    detail = f" ({reply_reason(reply)})" if reply is not None else ""
     return f"token refused for account {account_id}{detail}"
 
 
@@ -112,14 +112,14 @@ def _transition_outcome(
     if verdict is Verdict.REFUSED:
         if too_old:  # waiting on a refused token ages like any other wait
             return Decision(Action.DEAD, reason=refused_reason(transition.account_id, reply))
-        return Decision(Action.PAUSE, counts=False, reason=describe(reply))
+        return Decision(Action.PAUSE, counts=False, reason=reply_reason(reply))
     if verdict is Verdict.REJECTED:
-        return Decision(Action.DEAD, reason=describe(reply))
+        return Decision(Action.DEAD, reason=reply_reason(reply))
     if verdict is Verdict.NOT_FOUND:
         tries = transition.not_found_attempts + 1
         if tries >= retry.not_found.attempts:
             return Decision(
-                Action.DEAD, reason=f"lead not found after {tries} attempts ({describe(reply)})"
+                Action.DEAD, reason=f"lead not found after {tries} attempts ({reply_reason(reply)})"
             )
         if too_old:
             return Decision(
@@ -129,21 +129,25 @@ def _transition_outcome(
             Action.RETRY,
             next_attempt_at=now + retry.not_found.backoff,
             not_found=True,
-            reason=describe(reply),
+            reason=reply_reason(reply),
         )
     if verdict is Verdict.THROTTLED:
         if too_old:
             return Decision(Action.DEAD, reason=f"gave up after {retry.max_age:g} s: throttled")
         wait = reply.retry_after if reply.retry_after is not None else retry.backoff.initial
         return Decision(
-            Action.RETRY, next_attempt_at=now + wait, counts=False, reason=describe(reply)
+            Action.RETRY, next_attempt_at=now + wait, counts=False, reason=reply_reason(reply)
         )
     # Verdict.RETRY: 408, 425, 5xx, timeout, connection error.
     if attempts >= retry.max_attempts:
-        return Decision(Action.DEAD, reason=f"gave up after {attempts} attempts: {describe(reply)}")
+        return Decision(
+            Action.DEAD, reason=f"gave up after {attempts} attempts: {reply_reason(reply)}"
+        )
     if too_old:
-        return Decision(Action.DEAD, reason=f"gave up after {retry.max_age:g} s: {describe(reply)}")
+        return Decision(
+            Action.DEAD, reason=f"gave up after {retry.max_age:g} s: {reply_reason(reply)}"
+        )
     wait = backoff(attempts, retry, rng)
     if reply.retry_after is not None:
         wait = max(wait, reply.retry_after)
-    return Decision(Action.RETRY, next_attempt_at=now + wait, reason=describe(reply))
+    return Decision(Action.RETRY, next_attempt_at=now + wait, reason=reply_reason(reply))

@@ -72,7 +72,7 @@ def run(
             post(request_url, body, headers, aiohttp.ClientTimeout(total=timeout))
         )
     except (aiohttp.ClientError, TimeoutError) as exc:
-        print(f"error: POST {shown} failed: {describe(exc)}", file=err)
+        print(f"error: POST {shown} failed: {failure_reason(exc)}", file=err)
         return 1
     print(f"POST {shown} -> {status} {answer}", file=out)
     return 0 if 200 <= status < 300 else 1
@@ -112,7 +112,7 @@ async def post(
     return resp.status, text
 
 
-def describe(exc: BaseException) -> str:
+def failure_reason(exc: BaseException) -> str:
     """A short reason for a failed request that cannot echo the URL (and a query token)."""
     if isinstance(exc, aiohttp.ClientConnectorError):
         reason = exc.os_error.strerror or type(exc.os_error).__name__

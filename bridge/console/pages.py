@@ -22,7 +22,7 @@ from bridge.admin_cli import UsageError, parse_lead
 from bridge.console import views
 from bridge.console.activity import attempts_total
 from bridge.console.site import CONSOLE, PREFIX, render, see_other
-from bridge.dryrun import describe
+from bridge.dryrun import event_report
 from bridge.errors import NotFound
 from bridge.runtime import RUNTIME, Runtime
 from bridge.store.base import StoredEvent
@@ -162,7 +162,7 @@ async def events(request: web.Request) -> web.StreamResponse:
     try:
         query = admin.EventQuery.model_validate(fields)
     except ValidationError as exc:
-        problem, query = admin.describe(exc), admin.EventQuery()
+        problem, query = admin.validation_summary(exc), admin.EventQuery()
     stored = [] if problem else await admin.list_events(runtime.store, query)
     return render(
         request,
@@ -190,7 +190,7 @@ async def event(request: web.Request) -> web.StreamResponse:
     stored = await stored_event(runtime, request.match_info["pk"])
     bundle = runtime.bundle
     ev = stored.event
-    report = describe(
+    report = event_report(
         ev,
         bundle.rules.evaluate(ev),
         bundle.config.voxys.base_url,

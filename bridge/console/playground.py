@@ -25,7 +25,7 @@ from pydantic import ValidationError
 from bridge import validation
 from bridge.bundle import Bundle
 from bridge.config import LocatedRule, RuleConfig
-from bridge.dryrun import DryRunError, build_request, describe
+from bridge.dryrun import DryRunError, build_request, event_report
 from bridge.errors import ConfigErrors, RequestRejected
 from bridge.models import Evaluation, Event
 from bridge.rules import CompiledRule, RuleSet, compile_rules
@@ -200,9 +200,9 @@ def trial(event: Event, current: RuleSet, edit: Candidate, base_url: str) -> Tri
     tried = len(edit.rules.for_source(event.source))
     return Trial(
         event=event,
-        alone=describe(event, alone_rules.evaluate(event), base_url, 1),
-        now=describe(event, now, base_url, len(current.for_source(event.source))),
-        edited=describe(event, edited, base_url, tried),
+        alone=event_report(event, alone_rules.evaluate(event), base_url, 1),
+        now=event_report(event, now, base_url, len(current.for_source(event.source))),
+        edited=event_report(event, edited, base_url, tried),
         changed=verdict(now) != verdict(edited),
     )
 
@@ -234,7 +234,7 @@ def changes(
     for pk, event in stored:
         now, edited = current.evaluate(event), edit.rules.evaluate(event)
         if verdict(now) != verdict(edited):
-            before = describe(event, now, base_url, len(current.for_source(event.source)))
-            after = describe(event, edited, base_url, len(edit.rules.for_source(event.source)))
+            before = event_report(event, now, base_url, len(current.for_source(event.source)))
+            after = event_report(event, edited, base_url, len(edit.rules.for_source(event.source)))
             out.append(Change(pk, event, before, after))
     return out

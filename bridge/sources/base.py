@@ -62,8 +62,8 @@ class WebhookRequest:
 
 
 @dataclass(frozen=True, slots=True)
-class Answer:
-    """What the webhook handler answers after the events are stored."""
+class WebhookResponse:
+    """What the webhook's sender is answered: the acknowledgement, or a rejection."""
 
     status: int = 200
     body: bytes = b""
@@ -71,7 +71,7 @@ class Answer:
 
 
 # Answers are immutable: the usual acknowledgements are encoded once, not per request.
-_ACKNOWLEDGEMENTS: dict[tuple[int, int], Answer] = {}
+_ACKNOWLEDGEMENTS: dict[tuple[int, int], WebhookResponse] = {}
 MAX_ACKNOWLEDGEMENTS = 1024
 
 
@@ -166,18 +166,18 @@ class Source(ABC):
         captured one request make a new event of it, or date it in the future.
         """
 
-    def reject(self, error: RequestRejected) -> Answer:
+    def reject(self, error: RequestRejected) -> WebhookResponse:
         """The 4xx answer to a request this source refused (a JSON error by default)."""
         body = {"ok": False, "error": error.reason}
-        return Answer(status=error.status, body=json.dumps(body).encode())
+        return WebhookResponse(status=error.status, body=json.dumps(body).encode())
 
-    def acknowledge(self, summary: IngestSummary) -> Answer:
+    def acknowledge(self, summary: IngestSummary) -> WebhookResponse:
         """The 2xx answer sent once the request's events are committed."""
         key = (summary.events, summary.duplicates)
         answer = _ACKNOWLEDGEMENTS.get(key)
         if answer is None:
             body = {"ok": True, "events": summary.events, "duplicates": summary.duplicates}
-            answer = Answer(body=json.dumps(body).encode())
+            answer = WebhookResponse(body=json.dumps(body).encode())
             if len(_ACKNOWLEDGEMENTS) < MAX_ACKNOWLEDGEMENTS:
                 _ACKNOWLEDGEMENTS[key] = answer
         return answer

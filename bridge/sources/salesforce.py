@@ -30,7 +30,13 @@ from pydantic import AfterValidator, SecretStr
 from bridge import strength
 from bridge.errors import BadRequest, RequestRejected, Unauthorized, UnsupportedMediaType
 from bridge.models import Event
-from bridge.sources.base import Answer, IngestSummary, Source, SourceSettings, WebhookRequest
+from bridge.sources.base import (
+    IngestSummary,
+    Source,
+    SourceSettings,
+    WebhookRequest,
+    WebhookResponse,
+)
 from bridge.sources.fields import id_text, occurred_at
 
 SOAP_NS = "http://schemas.xmlsoap.org/soap/envelope/"
@@ -236,17 +242,17 @@ class SalesforceSource(Source):
             for notification in message.notifications
         ]
 
-    def reject(self, error: RequestRejected) -> Answer:
+    def reject(self, error: RequestRejected) -> WebhookResponse:
         """A SOAP fault with the refusal's status: anything but an Ack makes Salesforce retry."""
-        return Answer(
+        return WebhookResponse(
             status=error.status,
             body=soap_fault("Client", error.reason),
             content_type="text/xml",
         )
 
-    def acknowledge(self, summary: IngestSummary) -> Answer:
+    def acknowledge(self, summary: IngestSummary) -> WebhookResponse:
         """`notificationsResponse` with `<Ack>true</Ack>`: Salesforce stops retrying."""
-        return Answer(body=ACK, content_type="text/xml")
+        return WebhookResponse(body=ACK, content_type="text/xml")
 
     @staticmethod
     def _xml(request: WebhookRequest) -> bytes:
