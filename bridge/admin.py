@@ -391,8 +391,7 @@ async def _body(request: web.Request, model: type[_B]) -> _B:
 
 def _wake(runtime: Runtime, queued: int) -> None:
     if queued:
-        for callback in runtime.on_stored:
-            callback(queued)
+        runtime.new_work.stored(queued)
 
 
 async def handle_dead_letters(request: web.Request) -> web.Response:

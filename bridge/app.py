@@ -15,7 +15,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from bridge.admin import mount as mount_admin
 from bridge.bundle import Bundle
 from bridge.console import mount as mount_console
-from bridge.delivery import delivery_hook
+from bridge.delivery import Doorbell, delivery_hook
 from bridge.errors import StorageError
 from bridge.ingest import handle_webhook
 from bridge.lease import Timing
@@ -119,10 +119,15 @@ def build_app(
 ) -> tuple[web.Application, Runtime]:
     """The app `serve` and `demo` run, from a bundle and its resources: the store backend,
     the Voxys client (one from `bundle` when None) and the clock."""
-    runtime = Runtime(bundle=bundle, store=backend.store, clock=clock)
+    doorbell = Doorbell(backend.wakeup)
+    runtime = Runtime(bundle=bundle, store=backend.store, clock=clock, new_work=doorbell)
     client = client or VoxysClient(bundle.config.voxys)
     timing = Timing(ttl=bundle.config.storage.lease_ttl)
-    hooks: list[Hook] = [retention_hook, reload_hook, delivery_hook(backend, client, timing)]
+    hooks: list[Hook] = [
+        retention_hook,
+        reload_hook,
+        delivery_hook(backend, client, timing, doorbell),
+    ]
     return create_app(runtime, hooks=hooks), runtime
 
 

@@ -533,6 +533,7 @@ class Leader:
         wakeup: Wakeup,
         *,
         timing: Timing,
+        doorbell: Doorbell,
         holder: str | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -543,13 +544,8 @@ class Leader:
         self.timing = timing
         self.holder = holder or holder_name()
         self.clock = clock
+        self.doorbell = doorbell
         self.deliverer: Deliverer | None = None
-        runtime.on_stored.append(self.wake)
-
-    def wake(self, count: int = 0) -> None:
-        """New work was stored in this process (`Runtime.on_stored`)."""
-        if self.deliverer is not None:
-            self.deliverer.stored(count)
 
     async def run(self) -> None:
         """Take the lease whenever it is free, and deliver for each term."""
@@ -575,6 +571,7 @@ class Leader:
         log.info("delivery.lease_acquired", epoch=term.epoch, holder=term.holder)
         self.client.pacer.quiet_window()  # the previous holder's sends may fill it
         deliverer = self.deliverer = Deliverer(self.runtime, self.client, term)
+        self.doorbell.deliverer = deliverer  # work stored here goes to it from now on
         state = self.runtime.delivery
         state.role, state.epoch = "deliverer", term.epoch
         parts = {
@@ -597,6 +594,7 @@ class Leader:
                 part.cancel()
             await asyncio.gather(*parts, return_exceptions=True)
             self.deliverer = None
+            self.doorbell.deliverer = None
             state.role, state.epoch = "standby", None
             await self._release(term)
 
@@ -674,8 +672,24 @@ class _Outage:
         self.happened.set()
 
 
+class Doorbell:
+    """The NewWork of a serving process: work stored here goes to this process's
+    deliverer while it holds the lease (its Leader says which), and otherwise over the
+    store's wake-up channel to the process that does."""
+
+    def __init__(self, wakeup: Wakeup) -> None:
+        self.wakeup = wakeup
+        self.deliverer: Deliverer | None = None  # set by the Leader for each term
+
+    def stored(self, transitions: int) -> None:
+        if self.deliverer is not None:
+            self.deliverer.stored(transitions)
+        else:
+            self.wakeup.publish()
+
+
 def delivery_hook(
-    backend: Backend, client: VoxysClient, timing: Timing
+    backend: Backend, client: VoxysClient, timing: Timing, doorbell: Doorbell
 ) -> Callable[[web.Application], AsyncIterator[None]]:
     """A cleanup context that delivers for the server's lifetime when holding the lease."""
 
@@ -683,13 +697,9 @@ def delivery_hook(
         runtime = app[RUNTIME]
         await client.start()
         runtime.delivery.pace = client.pacer.pace  # what the console shows
-        leader = Leader(runtime, client, backend.lease, backend.wakeup, timing=timing)
-
-        def publish(_count: int) -> None:
-            if leader.deliverer is None:  # delivering here: the in-process wake-up suffices
-                backend.wakeup.publish()
-
-        runtime.on_stored.append(publish)
+        leader = Leader(
+            runtime, client, backend.lease, backend.wakeup, timing=timing, doorbell=doorbell
+        )
         # Stopped by the supervisor's own cleanup context, which runs before this one's:
         # the term ends (in-flight requests get voxys.timeout) before the client closes.
         runtime.supervisor.start("delivery", leader.run)

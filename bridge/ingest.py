@@ -108,8 +108,7 @@ async def handle_webhook(request: web.Request) -> web.StreamResponse:
     if changes.scheduled or changes.cancelled:
         for level, name, fields in followups.log_lines(changes, now):
             getattr(log, level)(name, **fields)
-    for callback in runtime.on_stored:
-        callback(result.transitions)
+    runtime.new_work.stored(result.transitions)
     log.info(
         "webhook.received",
         source=key,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from aiohttp import web
 
@@ -20,6 +20,20 @@ from bridge.pacing import Pace
 from bridge.pauses import AuthPauses
 from bridge.store.base import Store
 from bridge.supervisor import Supervisor
+
+
+class NewWork(Protocol):
+    """Told when this process stored transitions to deliver (ingest, a replay, a retry),
+    so that delivery starts them now rather than at its next poll."""
+
+    def stored(self, transitions: int) -> None: ...
+
+
+class NoDelivery:
+    """The NewWork of a process that does not deliver: nobody to tell."""
+
+    def stored(self, transitions: int) -> None:
+        return None
 
 
 @dataclass
@@ -71,7 +85,7 @@ class Runtime:
     metrics: Metrics = field(default_factory=Metrics)
     supervisor: Supervisor = field(default_factory=Supervisor)
     delivery: DeliveryState = field(default_factory=DeliveryState)
-    on_stored: list[Callable[[int], None]] = field(default_factory=list)  # wakes delivery
+    new_work: NewWork = field(default_factory=NoDelivery)  # delivery.Doorbell when serving
     last_reload: ReloadRecord | None = None  # set by bridge.reload
 
 

@@ -42,6 +42,16 @@ rules:
 """
 
 
+class StoredWork:
+    """A `runtime.NewWork` that records how many transitions each store call queued."""
+
+    def __init__(self) -> None:
+        self.counts: list[int] = []
+
+    def stored(self, transitions: int) -> None:
+        self.counts.append(transitions)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -27,6 +27,7 @@ from bridge.store import open_store
 from bridge.store.base import Store
 from bridge.store.sqlite import SqliteStore
 from bridge.store.sqlite.lease import SqliteLease
+from tests.conftest import StoredWork
 
 TOKEN = "adm-secret-5b1d-7e2c"
 NOW = 1_714_564_800.0  # 2024-05-01T12:00:00Z
@@ -68,12 +69,24 @@ def make_bundle(tmp_path: Path) -> MakeBundle:
 @pytest.fixture
 async def client(make_bundle: MakeBundle, aiohttp_client: Any) -> TestClient:
     bundle = make_bundle()
-    runtime = Runtime(bundle=bundle, store=open_store(bundle.config.storage.url), clock=lambda: NOW)
+    runtime = Runtime(
+        bundle=bundle,
+        store=open_store(bundle.config.storage.url),
+        clock=lambda: NOW,
+        new_work=StoredWork(),
+    )
     return await aiohttp_client(create_app(runtime))
 
 
 def runtime_of(client: TestClient) -> Runtime:
     return client.app[RUNTIME]
+
+
+def stored_work(client: TestClient) -> list[int]:
+    """The transitions each store call told delivery about, in order."""
+    new_work = runtime_of(client).new_work
+    assert isinstance(new_work, StoredWork)
+    return new_work.counts
 
 
 def stripe_event(event_id: str, lead_id: int = 42, received_at: float = NOW - 60) -> Event:
@@ -190,8 +203,7 @@ async def test_retry_with_an_empty_object_requeues_every_dead_letter_and_wakes_d
     client: TestClient,
 ) -> None:
     runtime = runtime_of(client)
-    woken: list[int] = []
-    runtime.on_stored.append(woken.append)
+    woken = stored_work(client)
     await seed_dead(runtime.store, "evt_1", "evt_2", "evt_3")
     resp = await client.post("/admin/dead-letters/retry", json={}, headers=AUTH)
     assert resp.status == 200
@@ -212,8 +224,7 @@ async def test_retry_with_ids_requeues_only_those(client: TestClient) -> None:
 async def test_retry_when_nothing_is_dead_queues_nothing_and_wakes_nobody(
     client: TestClient,
 ) -> None:
-    woken: list[int] = []
-    runtime_of(client).on_stored.append(woken.append)
+    woken = stored_work(client)
     resp = await client.post("/admin/dead-letters/retry", json={}, headers=AUTH)
     assert await resp.json() == {"ok": True, "queued": 0}
     assert woken == []
@@ -255,8 +266,7 @@ async def test_replay_after_fixing_a_rule_queues_the_unmapped_event_and_wakes_de
     client: TestClient, make_bundle: MakeBundle
 ) -> None:
     runtime = runtime_of(client)
-    woken: list[int] = []
-    runtime.on_stored.append(woken.append)
+    woken = stored_work(client)
     # Given an event the broken rule could not map
     broken = make_bundle(lead_key=BROKEN_RULE)
     event = stripe_event("evt_early", lead_id=42)

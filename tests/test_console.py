@@ -27,6 +27,7 @@ from bridge.reload import Reloader
 from bridge.runtime import RUNTIME, Runtime
 from bridge.store import open_store
 from bridge.store.base import Store
+from tests.conftest import StoredWork
 from tests.test_admin import NOW, matched, seed_dead, stripe_event, unmapped
 
 TOKEN = "console-adm-7c1e-40b2-a9f3"
@@ -76,7 +77,10 @@ def start(tmp_path: Path, aiohttp_client: Any) -> Start:
         path.write_text(config_text(tmp_path / "b.db", **options))
         bundle = load_bundle(path)
         runtime = Runtime(
-            bundle=bundle, store=open_store(bundle.config.storage.url), clock=Clock(NOW)
+            bundle=bundle,
+            store=open_store(bundle.config.storage.url),
+            clock=Clock(NOW),
+            new_work=StoredWork(),
         )
         return await aiohttp_client(create_app(runtime))
 
@@ -85,6 +89,13 @@ def start(tmp_path: Path, aiohttp_client: Any) -> Start:
 
 def runtime_of(client: TestClient) -> Runtime:
     return client.app[RUNTIME]
+
+
+def stored_work(client: TestClient) -> list[int]:
+    """The transitions each store call told delivery about, in order."""
+    new_work = runtime_of(client).new_work
+    assert isinstance(new_work, StoredWork)
+    return new_work.counts
 
 
 def clock_of(client: TestClient) -> Clock:
@@ -408,8 +419,7 @@ async def test_a_post_with_the_token_retries_the_chosen_dead_letters(start: Star
     client = await start()
     ids = await dead_letter_ids(client)
     csrf = await sign_in(client)
-    woken: list[int] = []
-    runtime_of(client).on_stored.append(woken.append)
+    woken = stored_work(client)
     with structlog.testing.capture_logs() as logs:
         answer = await client.post(
             f"{UI}/dead-letters/retry",

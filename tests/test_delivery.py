@@ -61,7 +61,7 @@ class Harness:
             matched_rules=("r",),
         )
         await self.runtime.store.ingest([(event, evaluation)], self.clock)
-        self.deliverer.stored(1)  # what ingest does (through Runtime.on_stored)
+        self.deliverer.stored(1)  # what ingest does (through Runtime.new_work)
 
     def start(self) -> None:
         self.task = asyncio.create_task(self.deliverer.run())

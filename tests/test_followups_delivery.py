@@ -21,7 +21,7 @@ from aiohttp.test_utils import TestClient
 
 from bridge.app import create_app
 from bridge.bundle import load_bundle
-from bridge.delivery import Deliverer
+from bridge.delivery import Deliverer, Doorbell
 from bridge.fakevoxys import FakeVoxys
 from bridge.lease import take_free
 from bridge.pauses import AuthPauses
@@ -29,6 +29,7 @@ from bridge.runtime import Runtime
 from bridge.store import open_store
 from bridge.store.base import FollowUpState
 from bridge.store.sqlite.lease import SqliteLease
+from bridge.store.sqlite.wakeup import UnixDatagram
 from bridge.voxys import VoxysClient
 from tests.conftest import STRIPE_SECRET, VOXYS_TOKEN, stripe_headers
 
@@ -137,8 +138,13 @@ async def bridge(tmp_path: Path, aiohttp_client: Any) -> AsyncIterator[Bridge]:
     )
     bundle = load_bundle(config)
     h: Bridge
+    # Work stored by the webhooks goes to the deliverer below, as in a server.
+    doorbell = Doorbell(UnixDatagram(tmp_path / "b.db"))
     runtime = Runtime(
-        bundle=bundle, store=open_store(bundle.config.storage.url), clock=lambda: h.clock
+        bundle=bundle,
+        store=open_store(bundle.config.storage.url),
+        clock=lambda: h.clock,
+        new_work=doorbell,
     )
     client = await aiohttp_client(create_app(runtime))  # opens the store
     h = Bridge(client, runtime, fake)
@@ -146,7 +152,7 @@ async def bridge(tmp_path: Path, aiohttp_client: Any) -> AsyncIterator[Bridge]:
     await voxys.start()
     term = await take_free(SqliteLease(runtime.store))  # type: ignore[arg-type]
     h.deliverer = Deliverer(runtime, voxys, term, clock=lambda: h.clock, pauses=AuthPauses())
-    runtime.on_stored.append(h.deliverer.wake)
+    doorbell.deliverer = h.deliverer
     task = asyncio.create_task(h.deliverer.run())
     try:
         yield h

@@ -37,8 +37,7 @@ def _wake(runtime: Runtime, queued: int) -> None:
     # As the admin API does: the deliverer (here or, through its channel, elsewhere)
     # sends what was queued now rather than at its next poll.
     if queued:
-        for callback in runtime.on_stored:
-            callback(queued)
+        runtime.new_work.stored(queued)
 
 
 def _pacer_fraction(request: web.Request) -> float | None:
