@@ -99,6 +99,7 @@ class Deliverer:
         self._tasks: set[asyncio.Task[None]] = set()
         self._idle = False  # waiting for new work (not for a free slot or the token)
         self._news = False  # work was stored since the last claim began
+        self._idle_count = 0
 
     def wake(self, _count: int = 0) -> None:
         """Look again now (the clock moved, a wake-up arrived from another process)."""
@@ -124,6 +125,11 @@ class Deliverer:
     @property
     def in_flight(self) -> int:
         return len(self._tasks)
+
+    @property
+    def idle_count(self) -> int:
+        """How many times the worker has found nothing to do and begun waiting for work."""
+        return self._idle_count
 
     async def run(self) -> None:
         """Recover earlier terms' claims, then claim and send until stopped or fenced."""
@@ -198,6 +204,7 @@ class Deliverer:
                 if at is not None:
                     until = min(until, max(0.01, at - self.clock()))
             self._idle = True
+            self._idle_count += 1
             try:
                 await self._sleep(until)
             finally:

@@ -130,6 +130,11 @@ class Reloader:
         """Ask for a reload (the SIGHUP handler); one arriving during a load runs after it."""
         self._hangup.set()
 
+    @property
+    def hangup_pending(self) -> bool:
+        """A SIGHUP arrived that no load has taken up yet."""
+        return self._hangup.is_set()
+
     async def reload(self, trigger: str) -> Outcome:
         """Load the config in a thread, then apply all of it or nothing."""
         metrics = self.runtime.metrics

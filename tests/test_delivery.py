@@ -156,7 +156,7 @@ async def test_a_queued_transition_is_patched_with_token_status_and_path(
 async def test_new_work_is_sent_at_once_without_polling(harness: Factory) -> None:
     h = await harness()
     h.start()
-    await asyncio.sleep(0)  # the worker finds nothing and waits
+    await h.until(lambda: h.deliverer.idle_count == 1)  # the worker found nothing and waits
     await h.queue(1, LeadStatus.LOST)
     # IDLE_POLL_S is 30 s: only the wake-up can make this arrive within the timeout.
     await h.until(lambda: len(h.fake.calls) == 1, timeout=2.0)
@@ -236,8 +236,11 @@ async def test_a_refused_token_pauses_delivery_and_a_probe_resumes_it(harness: F
     assert 1 <= refused <= 3  # what was in flight when the pause began, no more
     assert (await h.states()) == {"pending": 3}  # nothing burnt, nothing dead
     h.clock += 59
+    idle = h.deliverer.idle_count
     h.deliverer.wake()
-    await asyncio.sleep(0.05)
+    # The worker looks once more and, a second before the probe is due, waits again.
+    await h.until(lambda: h.deliverer.idle_count > idle)
+    assert h.deliverer.in_flight == 0
     assert len(h.fake.calls) == refused  # no probe before its time
     h.fake.restore(VOXYS_TOKEN)
     h.clock += 1

@@ -247,7 +247,7 @@ async def test_signals_during_a_load_make_one_more_load_after_it_never_a_second_
                 await asyncio.sleep(0.01)
             # Nothing is pending: no signal left, and every file is as the last load saw it.
             assert not reloader.files_changed()
-            assert not reloader._hangup.is_set()
+            assert not reloader.hangup_pending
         finally:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -229,8 +229,10 @@ def test_the_bridge_options_are_taken_out_of_the_url_and_the_others_kept() -> No
         "postgresql://u:pw@h:5433/db?schema=bridge_1&sslmode=disable&mode=ro&pool_max=3"
     )
 
-    assert store._dsn == "postgresql://u:pw@h:5433/db?sslmode=disable"
-    assert (store._schema, store._read_only, store._pool_max) == ("bridge_1", True, 3)
+    assert store.dsn == "postgresql://u:pw@h:5433/db?sslmode=disable"
+    assert store.schema == "bridge_1"
+    assert store.settings["default_transaction_read_only"] == "on"  # mode=ro
+    assert store.pool_max == 3
 
 
 @pytest.mark.parametrize(

@@ -65,7 +65,8 @@ async def queued_as_one_group(w: Writer, *works, submit=None):
     await asyncio.to_thread(entered.wait, 5)  # the writer thread is inside the blocker
     submit = submit or (lambda n, work: w.submit(f"job{n}", work))
     jobs = [asyncio.ensure_future(submit(n, work)) for n, work in enumerate(works)]
-    await asyncio.sleep(0)  # each job's task runs up to putting its job on the queue
+    while w.queued < len(works):  # each job's task runs up to putting its job on the queue
+        await asyncio.sleep(0)
     gate.set()
     await blocker
     return await asyncio.gather(*jobs, return_exceptions=True)
@@ -171,7 +172,7 @@ async def test_webhooks_sharing_a_commit_are_stored_as_if_they_had_come_one_by_o
             [events.matched(event_id="evt_c", lead_id=1), events.matched(event_id="evt_c")],
         ]
         results = await queued_as_one_group(
-            store._w(), *requests, submit=lambda n, items: store.ingest(items, T0 + n)
+            store.writer, *requests, submit=lambda n, items: store.ingest(items, T0 + n)
         )
         counts = [(r.stored, r.duplicates, r.transitions) for r in results]
         assert counts == [(1, 0, 1), (0, 1, 0), (2, 0, 1), (0, 1, 0), (1, 1, 1)]

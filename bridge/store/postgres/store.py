@@ -153,6 +153,11 @@ class PostgresStore:
         return self._schema
 
     @property
+    def pool_max(self) -> int:
+        """The most connections the store's own pool opens (`?pool_max=`)."""
+        return self._pool_max
+
+    @property
     def settings(self) -> dict[str, str]:
         """The session settings of every connection to this store (its own or the lease's)."""
         settings = {

@@ -187,6 +187,11 @@ class SqliteStore:
         return self._writer.commits if self._writer else 0
 
     @property
+    def writer(self) -> Writer:
+        """The writer thread, while the store is open: every write goes through it."""
+        return self._w()
+
+    @property
     def largest_group(self) -> int:
         """The most write calls one commit has carried since `open`."""
         return self._writer.largest_group if self._writer else 0

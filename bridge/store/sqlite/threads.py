@@ -75,6 +75,11 @@ class Writer:
         self.commits = 0  # successful COMMITs; read by tests, metrics and the checkpointer
         self.largest_group = 0
 
+    @property
+    def queued(self) -> int:
+        """Jobs submitted and not yet taken into a group by the thread."""
+        return self._queue.qsize()
+
     async def start(self) -> None:
         """Start the thread; raise whatever opening its connection raised."""
         self._thread.start()
