@@ -63,7 +63,8 @@ class Writer:
     to the event loop and back. If the transaction itself is lost (COMMIT
     fails, or SQLite rolled it back, as it does on disk-full and I/O errors) every caller
     in the group gets StorageError, because none of their writes survived. There is no
-    timer: a lone job commits at once (see PERF_NOTES.md).
+    timer: a lone job commits at once (a group commit that waited a fixed 2 ms for
+    company capped a single sender at a few hundred requests per second).
     """
 
     def __init__(self, connect: Connect, name: str = "sqlite-writer") -> None:
@@ -284,9 +285,10 @@ class Checkpointer:
     """Copies the WAL into the database from its own thread, at most every `interval` s.
 
     SQLite's automatic checkpoint runs inside whichever COMMIT crosses the threshold,
-    stalling that group's callers (the 11-27 ms p99 in PERF_NOTES.md). A PASSIVE
-    checkpoint from another connection runs alongside the writer instead; the writer
-    keeps a high automatic threshold only as a backstop.
+    stalling that group's callers (a p99 of 11-27 ms at every concurrency, with a p50
+    of 0.2 ms, in early measurements). A PASSIVE checkpoint from another connection
+    runs alongside the writer instead; the writer keeps a high automatic threshold only
+    as a backstop.
     """
 
     def __init__(self, connect: Connect, writer: Writer, interval: float = 1.0) -> None:
