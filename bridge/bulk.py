@@ -1,8 +1,9 @@
 """Bulk delivery, the pure part: which requests to send, and what a bulk answer means.
 
 Voxys changes the status of many leads of one account in one request
-(`POST /api/v1/accounts/{id}/leads/bulk`, no notes; shared/VOXYS_API.md). The rate limit
-counts requests, so a batch moves up to `max_batch` leads for the price of one PATCH.
+(`POST /api/v1/accounts/{id}/leads/bulk`, no notes, per the Voxys Connect API reference
+at developers.voxys.ai). The rate limit counts requests, so a batch moves up to
+`max_batch` leads for the price of one PATCH.
 
 Choosing requests (`plan_requests`), each time the worker claims (at most one rate
 window's worth of requests): when at least `min_batch` due lead heads that may go in
@@ -105,8 +106,8 @@ class BulkState:
         """The bulk path answered 404/405 for `account_id`; True when that is news.
 
         A 405 says the endpoint is absent: bulk is off. A 404 says so too, or that the
-        account does not exist (Voxys answers 404 for an unknown account or path alike;
-        shared/VOXYS_API.md): bulk is off for that account only, so one unknown account
+        account does not exist (Voxys, a Rails JSON API, answers 404 for an unknown account
+        or path alike): bulk is off for that account only, so one unknown account
         does not turn it off for all. A Voxys without the endpoint costs one 404 per account.
         """
         if status == 404:

@@ -4,7 +4,8 @@ Used as the Voxys server in our tests and by `voxys-bridge sandbox` (bridge/sand
 `demo`, so rules can be tried without touching real leads. It speaks
 `PATCH /api/v1/accounts/{account_id}/leads/{id}/status`, and
 `GET /api/v1/accounts/{account_id}/leads` (what `check --online` asks) and the bulk
-status change `POST /api/v1/accounts/{account_id}/leads/bulk` (see shared/VOXYS_API.md).
+status change `POST /api/v1/accounts/{account_id}/leads/bulk`, as the Voxys Connect API
+reference (developers.voxys.ai) describes them.
 
 Answers, in the order they are decided (Rails conventions, as the reference implies):
 

@@ -54,8 +54,9 @@ def routed(account: int, leads: Sequence[int], prefix: str) -> list[tuple[str, b
 async def test_a_404_for_an_unknown_account_keeps_bulk_on_for_the_other_accounts(
     bench: Bench,
 ) -> None:
-    # Given a Voxys that knows account 7 (its seeded leads) and not account 8: Voxys
-    # answers 404 for an unknown account (shared/VOXYS_API.md), on the bulk path too.
+    # Given a Voxys that knows account 7 (its seeded leads) and not account 8: Voxys, a
+    # Rails JSON API, answers 404 for an unknown account as for an unknown path, on the
+    # bulk path too.
     known = list(range(1, 13))
     seeded = ",".join(f"{KNOWN}/{lead}" for lead in [99, *known])
     server = bench.start(sandbox=["--seed-leads", seeded], rules=[ROUTED_RULE])
