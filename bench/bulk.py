@@ -2,6 +2,7 @@
 
     python -m bench bulk [--count 20000] [--unknown-count 5000] [--rate 10]
                          [--latency 0.02] [--patch-seconds 20] [--mixed-seconds 20]
+                         [--scenarios patch,bulk,bulk_1pct_unknown,mixed_keep,mixed_drop]
 
 The real worker (store, client, pacer, batches) runs in this process against a fake
 Voxys in a process of its own that answers after `--latency` seconds and stamps every
@@ -19,7 +20,10 @@ leads, due at once, on a fresh SQLite store:
 - `mixed_keep`: half the transitions carry notes (`notes: keep`: those are PATCHed),
   for `--mixed-seconds`; `mixed_drop`: the same with `notes: drop`, drained.
 
-Printed per scenario: leads delivered, seconds, leads/s, requests sent (by kind), the
+`--scenarios` runs some of them, in this order (`patch` always: it is the baseline).
+
+Printed per scenario: leads delivered, seconds, leads/s, requests sent (by kind), leads sent in
+bulk requests, the
 most requests in any 1 s window at Voxys, CPU seconds of this process per 1,000 leads,
 and the ratio to the PATCH-only rate.
 """
@@ -63,6 +67,9 @@ voxys:
 logging: {{format: json, level: warning}}
 sources: {{}}
 """
+
+
+SCENARIOS = ("patch", "bulk", "bulk_1pct_unknown", "mixed_keep", "mixed_drop")
 
 
 def fake_process(conn: Connection, latency: float, unknown: list[int]) -> None:
@@ -168,6 +175,7 @@ async def scenario(
         "leads_per_s": round(delivered / elapsed, 1),
         "requests": len(calls),
         "bulk_requests": sum(1 for _, n in calls if n > 1),
+        "leads_in_bulk": sum(n for _, n in calls if n > 1),
         "max_in_any_1s": max_in_window([at for at, _ in calls], 1.0),
         "cpu_ms_per_1000_leads": round(cpu / max(1, delivered) * 1e6, 1),
     }
@@ -181,7 +189,11 @@ def main() -> None:
     parser.add_argument("--latency", type=float, default=0.02)
     parser.add_argument("--patch-seconds", type=float, default=20.0)
     parser.add_argument("--mixed-seconds", type=float, default=20.0)
+    parser.add_argument("--scenarios", default=",".join(SCENARIOS))
     args = parser.parse_args()
+    chosen = {"patch", *args.scenarios.split(",")}
+    if unknown := chosen - set(SCENARIOS):
+        parser.error(f"--scenarios: no scenario {', '.join(sorted(unknown))}")
     logs.configure(level="warning", fmt="json", secrets=[TOKEN])
     common = {"count": args.count, "rate": args.rate, "latency": args.latency}
     on = {"enabled": True, "min_batch": 10, "max_batch": 100}
@@ -193,7 +205,7 @@ def main() -> None:
         ("mixed_drop", {"bulk": {**on, "notes": "drop"}, "notes_every": 2}),
     ]
     results: list[dict[str, Any]] = []
-    for name, options in runs:
+    for name, options in [run for run in runs if run[0] in chosen]:
         result = asyncio.run(scenario(name, **{**common, **options}))
         result["vs_patch"] = (
             round(result["leads_per_s"] / results[0]["leads_per_s"], 1) if (results) else 1.0
