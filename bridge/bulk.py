@@ -13,7 +13,10 @@ claim starts with the oldest due head that cannot go in a batch (notes kept, a
 `bulk: false` rule, a group too small), as its own PATCH: a lone event goes out at
 once (nothing waits to fill a batch), and a transition that must be PATCHed is never
 starved by a stream of batches. A remainder of a group smaller than `min_batch` waits
-for the next claim.
+for the next claim. A claim reads the oldest due leads (`scan_size`); when their heads
+leave requests without a batch, it also reads the oldest due leads past them whose
+heads may go in bulk (`look_further`): a front of PATCH-only leads, PATCHed one claim
+at a time, does not hold back the leads that could go in bulk behind it.
 
 Reading an answer (`judge`). `affected_count == len(lead_ids)`: every lead delivered.
 Fewer: Voxys found fewer leads than it was sent, and the bulk change was applied to the
@@ -389,3 +392,21 @@ def plan_claim(
     chosen = plan_requests(heads, requests, rules)
     apply += [planned[(t.account_id, t.lead_id)] for request in chosen for t in request]
     return ClaimPlan(chosen, apply)
+
+
+def look_further(plan: ClaimPlan, requests: int, scanned: int, rules: BulkRules) -> int:
+    """How many more due leads whose heads may go in bulk a claim looks for, past the
+    `scanned` oldest it planned: none when those were every due lead or their batches
+    fill every request but the first PATCH; else enough to fill the rest (`scan_size`).
+
+    Without this, once the oldest due leads are all PATCH-only (notes kept), a claim
+    finds no batch among them and the leads that could go in bulk behind them wait,
+    PATCHed one claim at a time. The claim then plans over both sets (`plan_claim`,
+    the scanned leads first): its first request is still the oldest due PATCH.
+    """
+    if scanned < scan_size(requests, rules):
+        return 0  # the scan read every due lead: there is nothing further
+    unfilled = requests - 1 - sum(1 for request in plan.requests if len(request) > 1)
+    if unfilled <= 0:
+        return 0
+    return min(MAX_SCAN, unfilled * rules.max_batch * SCAN_PER_LEAD)

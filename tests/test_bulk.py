@@ -12,7 +12,10 @@ from bridge.bulk import (
     Kind,
     Search,
     judge,
+    look_further,
+    plan_claim,
     plan_requests,
+    scan_size,
 )
 from bridge.config import BulkConfig, LocatedRule, RuleConfig
 from bridge.models import LeadStatus
@@ -82,6 +85,51 @@ def test_each_claim_starts_with_the_oldest_patch_so_batches_never_starve_it() ->
     heads = [head(1, notes="a"), head(2, notes="b"), *(head(n) for n in range(3, 20))]
     assert leads(plan_requests(heads, 3, RULES)) == [[1], [3, 4, 5, 6], [7, 8, 9, 10]]
     assert leads(plan_requests(heads, 10, RULES))[-1] == [2]
+
+
+# --- looking past the oldest due leads -----------------------------------------------------
+
+
+def claim_plan(heads: list[QueuedTransition], requests: int = 3):  # type: ignore[no-untyped-def]
+    """A claim's plan over `heads` in due order, each the one pending transition of its lead."""
+    keys = [((t.account_id, t.lead_id), None) for t in heads]
+    pending = {(t.account_id, t.lead_id): [t] for t in heads}
+    return plan_claim(keys, pending, 0.0, coalesce=True, requests=requests, rules=RULES)
+
+
+def test_a_scan_of_only_patches_looks_further_for_enough_leads_to_fill_the_requests() -> None:
+    scan = scan_size(3, RULES)  # 24
+    patches = [head(n, notes="paid") for n in range(1, scan + 1)]
+
+    more = look_further(claim_plan(patches), 3, scan, RULES)
+
+    # Two requests left for batches, each found among twice max_batch leads.
+    assert more == 2 * RULES.max_batch * 2
+
+
+def test_no_looking_further_when_the_scan_read_every_due_lead_or_filled_the_requests() -> None:
+    scan = scan_size(3, RULES)
+    few = [head(n, notes="paid") for n in range(1, 6)]
+    assert look_further(claim_plan(few), 3, len(few), RULES) == 0  # nothing lies further
+    full = [head(1, notes="paid"), *(head(n) for n in range(2, scan + 1))]
+    assert leads(claim_plan(full).requests) == [[1], [2, 3, 4, 5], [6, 7, 8, 9]]
+    assert look_further(claim_plan(full), 3, scan, RULES) == 0
+    one_batch = [
+        *(head(n, notes="paid") for n in range(1, scan - 3)),
+        *(head(n) for n in range(scan - 3, scan + 1)),
+    ]
+    assert look_further(claim_plan(one_batch), 3, scan, RULES) == RULES.max_batch * 2
+
+
+def test_the_leads_found_further_fill_batches_after_the_oldest_patch() -> None:
+    scan = scan_size(3, RULES)
+    scanned = [head(n, notes="paid") for n in range(1, scan + 1)]
+    further = [head(n) for n in range(scan + 1, scan + 9)]
+
+    plan = claim_plan([*scanned, *further])
+
+    assert leads(plan.requests) == [[1], [25, 26, 27, 28], [29, 30, 31, 32]]
+    assert sorted(p.claim.lead_id for p in plan.plans if p.claim) == [1, *range(25, 33)]
 
 
 def test_no_more_requests_than_asked() -> None:

@@ -265,3 +265,67 @@ async def test_a_recovered_batch_is_claimed_again_by_the_new_term(
     again = await store.claim_requests(T0, 10, bulk=RULES, coalesce=True, epoch=epoch)
 
     assert sorted(lead_ids(again.batches[0])) == sorted(lead_ids(batch))
+
+
+# --- past a front of PATCH-only leads ----------------------------------------------------
+# A claim of 3 requests scans the oldest 3 x 5 x 2 = 30 due leads (bridge.bulk.scan_size).
+FRONT = 30
+
+
+@pytest.mark.parametrize("coalesce", [True, False])
+async def test_leads_for_bulk_behind_a_front_of_patches_still_go_in_batches(
+    store: Store, events: Events, coalesce: bool
+) -> None:
+    # Given the 30 oldest due leads all carry notes (kept: PATCHed one at a time) and
+    # ten leads that may go in bulk are due behind them,
+    await store.ingest([events.matched(lead_id=n, notes="paid") for n in range(1, 31)], T0)
+    await store.ingest([events.matched(lead_id=n) for n in range(31, 41)], T0)
+
+    # when a claim of three requests is made,
+    got = await claim(store, 3, coalesce=coalesce)
+
+    # it starts with the oldest PATCH and fills the rest with batches from behind.
+    assert [t.lead_id for t in got.claimed] == [1]
+    assert [lead_ids(b) for b in got.batches] == [[31, 32, 33, 34, 35], [36, 37, 38, 39, 40]]
+    assert [await states(store, n) for n in (1, 2, 31, 40)] == [
+        ["in_flight"],
+        ["pending"],
+        ["in_flight"],
+        ["in_flight"],
+    ]
+
+
+async def test_behind_the_front_only_a_lead_whose_head_may_go_in_bulk_is_batched(
+    store: Store, events: Events
+) -> None:
+    front = [events.matched(lead_id=n, notes="paid") for n in range(1, FRONT + 1)]
+    await store.ingest(front, T0)
+    # Lead 31's newest transition carries notes (its older one without is superseded by
+    # it); lead 32 comes from a `bulk: false` rule; 33..35 may go in bulk.
+    await store.ingest([events.matched(lead_id=31, occurred_at=T0)], T0)
+    await store.ingest([events.matched(lead_id=31, occurred_at=T0 + 1, notes="paid")], T0)
+    await store.ingest([events.matched(lead_id=32, rule="manual")], T0)
+    await store.ingest([events.matched(lead_id=n) for n in range(33, 36)], T0)
+    rules = BulkRules(min_batch=3, max_batch=5, patch_only_rules=frozenset({"manual"}))
+
+    got = await store.claim_requests(T0, 3, bulk=rules, coalesce=True, epoch=EPOCH)
+
+    assert [lead_ids(b) for b in got.batches] == [[33, 34, 35]]
+    assert [t.lead_id for t in got.claimed] == [1, 2]
+    assert await states(store, 31) == ["pending", "pending"]
+
+
+async def test_the_leads_behind_the_front_are_handed_out_once_among_concurrent_claims(
+    store: Store, events: Events
+) -> None:
+    await store.ingest([events.matched(lead_id=n, notes="paid") for n in range(1, 21)], T0)
+    await store.ingest([events.matched(lead_id=n) for n in range(21, 81)], T0)
+
+    # Claims of 2 requests scan 20 leads each: the front, or what the others left of it.
+    claims = list(await asyncio.gather(*(claim(store, 2) for _ in range(8))))
+    while (more := await claim(store, 2)).batches or more.claimed:  # what the race left
+        claims.append(more)
+
+    leads = [t.lead_id for c in claims for b in c.batches for t in b]
+    leads += [t.lead_id for c in claims for t in c.claimed]
+    assert sorted(leads) == list(range(1, 81))

@@ -11,7 +11,7 @@ import sqlite3
 from collections.abc import Collection, Sequence
 from typing import Any
 
-from bridge.bulk import plan_claim, scan_size
+from bridge.bulk import LeadKey, look_further, plan_claim, scan_size
 from bridge.store.base import BatchRecord, BulkRules, Claim, QueuedTransition, Settle
 from bridge.store.rows import queued
 from bridge.store.sqlite import queue as q
@@ -27,6 +27,78 @@ _PENDING = f"""
     JOIN events e ON e.pk = t.event_pk
     ORDER BY t.account_id, t.lead_id, t.occurred_at, t.id
 """  # noqa: S608 - constant fragments only
+
+# Due leads past the scan whose head may go in bulk (bridge.bulk.eligible decides; this
+# only finds candidates), oldest first, found from the head's side: `transitions_bulk`
+# (migration 5) holds only pending transitions without notes and never answered 404,
+# so the walk skips every PATCH-only head, however many. A transition is its lead's
+# head when no pending transition of the lead comes after it (with coalescing: the
+# newest) or before it (without), and the lead is due exactly when its cached due time
+# is the head's. Without statistics SQLite would as soon walk transitions_due (every
+# pending transition): INDEXED BY holds it to the smaller index (and fails loudly
+# should the index go). The {fragments} are constants.
+_FURTHER = """
+    SELECT l.account_id, l.lead_id, l.last_delivered_at, l.{column}
+    FROM transitions t {index}
+    JOIN leads l ON l.account_id = t.account_id AND l.lead_id = t.lead_id
+    WHERE t.state = 'pending' AND t.not_found_attempts = 0{notes}
+      AND t.next_attempt_at >= :after_due AND t.next_attempt_at <= :now
+      AND t.rule NOT IN (SELECT value FROM json_each(:patch_only))
+      AND l.{column} = t.next_attempt_at
+      AND (l.{column}, l.account_id, l.lead_id) > (:after_due, :after_account, :after_lead)
+      AND l.account_id NOT IN (SELECT value FROM json_each(:skip))
+      AND NOT EXISTS (
+          SELECT 1 FROM transitions h
+          WHERE h.account_id = t.account_id AND h.lead_id = t.lead_id AND h.state = 'pending'
+            AND (h.occurred_at, h.id) {newer} (t.occurred_at, t.id)
+      )
+    ORDER BY t.next_attempt_at, t.id
+    LIMIT :limit
+"""
+
+
+def further_leads(
+    conn: sqlite3.Connection,
+    now: float,
+    after: Sequence[Any],
+    limit: int,
+    bulk: BulkRules,
+    coalesce: bool,
+    skip_accounts: Collection[int],
+) -> list[Any]:
+    """Up to `limit` due leads past `after` (the last scanned lead's row) whose head may
+    go in bulk, as the scan's rows."""
+    sql = _FURTHER.format(
+        column="last_due_at" if coalesce else "first_due_at",
+        index="" if bulk.drop_notes else "INDEXED BY transitions_bulk",
+        notes="" if bulk.drop_notes else " AND t.notes IS NULL",
+        newer=">" if coalesce else "<",
+    )
+    return conn.execute(
+        sql,
+        {
+            "now": now,
+            "after_account": after[0],
+            "after_lead": after[1],
+            "after_due": after[3],
+            "patch_only": json.dumps(sorted(bulk.patch_only_rules)),
+            "skip": json.dumps(sorted(skip_accounts)),
+            "limit": limit,
+        },
+    ).fetchall()
+
+
+def _read(
+    conn: sqlite3.Connection,
+    rows: Sequence[Any],
+    pending: dict[LeadKey, list[QueuedTransition]],
+) -> list[tuple[LeadKey, float | None]]:
+    """Read the pending transitions of the leads in `rows` into `pending`; return the
+    leads as `plan_claim` takes them."""
+    for row in conn.execute(_PENDING, (json.dumps([(r[0], r[1]) for r in rows]),)).fetchall():
+        t = queued(row)
+        pending.setdefault((t.account_id, t.lead_id), []).append(t)
+    return [((row[0], row[1]), row[2]) for row in rows]
 
 
 def claim_requests(
@@ -46,24 +118,18 @@ def claim_requests(
     if skip_accounts:
         where += f" AND account_id NOT {q.IN_IDS}"
         params.append(json.dumps(sorted(skip_accounts)))
-    leads = conn.execute(
-        f"SELECT account_id, lead_id, last_delivered_at FROM leads"  # noqa: S608
+    rows = conn.execute(
+        f"SELECT account_id, lead_id, last_delivered_at, {column} FROM leads"  # noqa: S608
         f" WHERE {where} ORDER BY {column}, account_id, lead_id LIMIT ?",
         (*params, scan_size(requests, bulk)),
     ).fetchall()
-    keys = [(row[0], row[1]) for row in leads]
-    pending: dict[tuple[int, int], list[QueuedTransition]] = {}
-    for row in conn.execute(_PENDING, (json.dumps(keys),)).fetchall():
-        t = queued(row)
-        pending.setdefault((t.account_id, t.lead_id), []).append(t)
-    plan = plan_claim(
-        [((row[0], row[1]), row[2]) for row in leads],
-        pending,
-        now,
-        coalesce=coalesce,
-        requests=requests,
-        rules=bulk,
-    )
+    pending: dict[LeadKey, list[QueuedTransition]] = {}
+    leads = _read(conn, rows, pending)
+    plan = plan_claim(leads, pending, now, coalesce=coalesce, requests=requests, rules=bulk)
+    if more := look_further(plan, requests, len(rows), bulk):
+        further = further_leads(conn, now, rows[-1], more, bulk, coalesce, skip_accounts)
+        leads += _read(conn, further, pending)
+        plan = plan_claim(leads, pending, now, coalesce=coalesce, requests=requests, rules=bulk)
     out = Claim(claimed=[], superseded=[], stale=[], next_due_at=None)
     for lead_plan in plan.plans:
         q.apply_plan(conn, lead_plan, now, epoch, out)

@@ -152,6 +152,13 @@ MIGRATIONS: tuple[Migration, ...] = (
         """,
         "ALTER TABLE transitions ADD COLUMN batch_id INTEGER",
     ),
+    # 5: the pending transitions that may go in bulk under `notes: keep`, oldest due
+    # first: a bulk claim finds them past a front of PATCH-only leads (bulk.py, FURTHER)
+    # without walking that front. Under `notes: drop` transitions_due serves instead.
+    (
+        "CREATE INDEX transitions_bulk ON transitions (next_attempt_at)"
+        " WHERE state = 'pending' AND notes IS NULL AND not_found_attempts = 0",
+    ),
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
