@@ -11,6 +11,7 @@ python -m bench console [--events 10000,100000] [--requests 300]
 python -m bench handover [--runs 3] [--ttl 6] [--idle 30] [--postgres DSN]
 python -m bench followups [--count 100000] [--runs 3] [--baseline-src DIR] [--postgres DSN]
 python -m bench bulk [--count 20000] [--unknown-count 5000] [--rate 10] [--patch-seconds 20]
+python -m bench bulk_claim [--pending 20000] [--requests 10] [--postgres DSN]
 python -m bench all
 """
 
@@ -31,6 +32,7 @@ SCENARIOS = (
     "handover",
     "followups",
     "bulk",
+    "bulk_claim",
 )
 # `all`: every scenario with its defaults; delivery's rate accuracy at both limits.
 ALL: tuple[tuple[str, list[str]], ...] = (
@@ -46,6 +48,7 @@ ALL: tuple[tuple[str, list[str]], ...] = (
     ("handover", []),
     ("followups", []),
     ("bulk", []),
+    ("bulk_claim", []),
 )
 
 

@@ -113,8 +113,9 @@ async def claim_requests(
     plan = plan_claim(leads, pending, now, coalesce=coalesce, requests=requests, rules=bulk)
     if more := look_further(plan, requests, len(rows), bulk):
         further = await further_leads(conn, now, rows[-1], more, bulk, coalesce, skip_accounts)
-        leads += await _read(conn, further, pending)
-        plan = plan_claim(leads, pending, now, coalesce=coalesce, requests=requests, rules=bulk)
+        if further:
+            leads += await _read(conn, further, pending)
+            plan = plan_claim(leads, pending, now, coalesce=coalesce, requests=requests, rules=bulk)
     out = Claim(claimed=[], superseded=[], stale=[], next_due_at=None)
     for lead_plan in plan.plans:
         await q.apply_plan(conn, lead_plan, now, epoch, out)

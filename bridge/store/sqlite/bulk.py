@@ -128,8 +128,9 @@ def claim_requests(
     plan = plan_claim(leads, pending, now, coalesce=coalesce, requests=requests, rules=bulk)
     if more := look_further(plan, requests, len(rows), bulk):
         further = further_leads(conn, now, rows[-1], more, bulk, coalesce, skip_accounts)
-        leads += _read(conn, further, pending)
-        plan = plan_claim(leads, pending, now, coalesce=coalesce, requests=requests, rules=bulk)
+        if further:
+            leads += _read(conn, further, pending)
+            plan = plan_claim(leads, pending, now, coalesce=coalesce, requests=requests, rules=bulk)
     out = Claim(claimed=[], superseded=[], stale=[], next_due_at=None)
     for lead_plan in plan.plans:
         q.apply_plan(conn, lead_plan, now, epoch, out)
