@@ -22,10 +22,10 @@ leads, due at once, on a fresh SQLite store:
 
 `--scenarios` runs some of them, in this order (`patch` always: it is the baseline).
 
-Printed per scenario: leads delivered, seconds, leads/s, requests sent (by kind), leads sent in
-bulk requests, the
-most requests in any 1 s window at Voxys, CPU seconds of this process per 1,000 leads,
-and the ratio to the PATCH-only rate.
+Printed per scenario: leads delivered, seconds, leads/s, requests sent (by kind), the
+leads of every bulk request (probes included), the most requests in any 1 s window at
+Voxys, CPU seconds of this process per 1,000 leads, and the ratio to the PATCH-only
+rate.
 """
 
 from __future__ import annotations
