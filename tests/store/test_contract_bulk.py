@@ -315,6 +315,23 @@ async def test_behind_the_front_only_a_lead_whose_head_may_go_in_bulk_is_batched
     assert await states(store, 31) == ["pending", "pending"]
 
 
+async def test_behind_the_front_leads_of_an_account_without_bulk_are_not_looked_for(
+    store: Store, events: Events
+) -> None:
+    front = [events.matched(lead_id=n, notes="paid") for n in range(1, 21)]
+    await store.ingest(front, T0)
+    # Account 8's bulk path answered 404: its ten leads come first behind the front, and
+    # would fill the ten a claim of two requests looks further for.
+    await store.ingest([events.matched(lead_id=n, account_id=8) for n in range(21, 31)], T0)
+    await store.ingest([events.matched(lead_id=n) for n in range(31, 36)], T0)
+    rules = BulkRules(min_batch=3, max_batch=5, patch_only_accounts=frozenset({8}))
+
+    got = await store.claim_requests(T0, 2, bulk=rules, coalesce=True, epoch=EPOCH)
+
+    assert [t.lead_id for t in got.claimed] == [1]
+    assert [lead_ids(b) for b in got.batches] == [[31, 32, 33, 34, 35]]
+
+
 async def test_the_leads_behind_the_front_are_handed_out_once_among_concurrent_claims(
     store: Store, events: Events
 ) -> None:

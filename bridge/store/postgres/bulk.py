@@ -57,7 +57,8 @@ async def further_leads(
     skip_accounts: Collection[int],
 ) -> list[Any]:
     """Up to `limit` due leads past `after` (the last scanned lead's row) whose head may
-    go in bulk, as the scan's rows, locked FOR UPDATE SKIP LOCKED."""
+    go in bulk (not of an account skipped, nor of one whose bulk path answered 404), as
+    the scan's rows, locked FOR UPDATE SKIP LOCKED."""
     sql = _FURTHER.format(
         column="last_due_at" if coalesce else "first_due_at",
         notes="" if bulk.drop_notes else " AND t.notes IS NULL",
@@ -70,7 +71,7 @@ async def further_leads(
         after[0],
         after[1],
         sorted(bulk.patch_only_rules),
-        sorted(skip_accounts),
+        sorted({*skip_accounts, *bulk.patch_only_accounts}),
         limit,
     )
     return rows

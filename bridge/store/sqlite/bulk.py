@@ -67,7 +67,8 @@ def further_leads(
     skip_accounts: Collection[int],
 ) -> list[Any]:
     """Up to `limit` due leads past `after` (the last scanned lead's row) whose head may
-    go in bulk, as the scan's rows."""
+    go in bulk (not of an account skipped, nor of one whose bulk path answered 404), as
+    the scan's rows."""
     sql = _FURTHER.format(
         column="last_due_at" if coalesce else "first_due_at",
         index="" if bulk.drop_notes else "INDEXED BY transitions_bulk",
@@ -82,7 +83,7 @@ def further_leads(
             "after_lead": after[1],
             "after_due": after[3],
             "patch_only": json.dumps(sorted(bulk.patch_only_rules)),
-            "skip": json.dumps(sorted(skip_accounts)),
+            "skip": json.dumps(sorted({*skip_accounts, *bulk.patch_only_accounts})),
             "limit": limit,
         },
     ).fetchall()
