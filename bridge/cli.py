@@ -476,4 +476,8 @@ def stop_when_reader_goes(signum: int) -> None:
     """A long-running command stops as on `signum` when its output's reader goes away
     (`serve | head -1`): nothing would read what it prints."""
     if isinstance(sys.stdout, ReaderAware):
-        sys.stdout.on_closed = lambda: os.kill(os.getpid(), signum)
+        # raise_signal, not os.kill(getpid()): the kernel may hand a signal sent to the
+        # process to any thread (an executor thread, say), and then nothing wakes an event
+        # loop waiting with no timer (the sandbox's); raised here, in the thread that
+        # wrote, it is handled at once.
+        sys.stdout.on_closed = lambda: signal.raise_signal(signum)

@@ -9,6 +9,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -154,20 +155,28 @@ def test_the_wheel_ships_config_and_examples_and_its_demo_runs_anywhere(tmp_path
 
 @pytest.mark.slow
 def test_demo_keep_prints_commands_that_work_when_pasted_into_a_shell(tmp_path: Path) -> None:
-    proc = subprocess.Popen(
-        [*console_script(), "demo", "--keep"],
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    # stderr to a file: the demo logs every request while the pasted commands run, and a
+    # pipe nobody reads fills up and blocks it.
+    errors = tmp_path / "demo.err"
+    with errors.open("w") as err:
+        proc = subprocess.Popen(
+            [*console_script(), "demo", "--keep"],
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=err,
+            text=True,
+        )
+    drain: threading.Thread | None = None
     try:
         lines: list[str] = []
         assert proc.stdout is not None
         while not lines or not lines[-1].startswith("(the env file"):
             line = proc.stdout.readline()
-            assert line, f"the demo ended early: {proc.stderr.read() if proc.stderr else ''}"
+            assert line, f"the demo ended early: {errors.read_text()}"
             lines.append(line.rstrip("\n"))
+        # What it prints from now on is read and dropped, for the same reason.
+        drain = threading.Thread(target=proc.stdout.read, daemon=True)
+        drain.start()
         pasted = [line.strip() for line in lines[lines.index("") + 1 :] if line.startswith("  ")]
         assert pasted[0].startswith(". ")
         # The env file holds this run's secrets, a multi-line PEM key among them, quoted.
@@ -195,9 +204,11 @@ def test_demo_keep_prints_commands_that_work_when_pasted_into_a_shell(tmp_path: 
     finally:
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=30) == 0
-        assert proc.stderr is not None and "Traceback" not in proc.stderr.read()
-        proc.stdout.close()  # type: ignore[union-attr]
-        proc.stderr.close()
+        if drain is not None:
+            drain.join(timeout=10)  # it ends at the pipe's end, once the demo has exited
+        assert proc.stdout is not None
+        proc.stdout.close()
+        assert "Traceback" not in errors.read_text()
 
 
 def test_demo_uses_the_project_named_by_voxys_bridge_home_else_the_shipped_copy(
