@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import socket
 import time
 import uuid
@@ -18,6 +19,13 @@ import stripe
 STRIPE_SECRET = "whsec_test_4f9c2b7e1d6a0b3c"
 PIPEDRIVE_PASSWORD = "pd-pass-8c1e"
 VOXYS_TOKEN = "voxys-token-77aa"
+
+# A test session started in the background of a non-interactive shell (`cmd &`) inherits
+# SIGINT ignored, and so would every console script it starts: `serve`, `demo` and
+# `sandbox` would then never stop on SIGINT, nor when their output's reader goes (they
+# raise SIGINT then). Tests start them as a terminal would.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 BASE_CONFIG = """
 server: {{host: 127.0.0.1, port: {port}, public_url: "http://127.0.0.1:{port}", max_body_bytes: {max_body}}}
